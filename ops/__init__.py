@@ -1,0 +1,3 @@
+"""Operator library: each op is a folder with `reference.py` (plain MindSpore, fp32, readable),
+an optional fast path, and an `__init__.py` exposing ONE public dispatching function with an
+explicit `impl=` override ("auto" | "reference" | "fast" | "ascend")."""

@@ -1,0 +1,163 @@
+"""Mixture-of-Experts layer: route -> dispatch -> experts -> combine (+ ungated shared expert).
+
+Legend: B batch, S sequence, T = B*S tokens, H hidden, I expert intermediate, E routed experts,
+K experts per token, A = T*K assignments, P padded assignment slots, NB expert blocks, blk rows
+per block.
+
+Router contract (plan/CONTRACTS.md): a Cell `construct(self, h_TH) -> (weights_TK fp32,
+experts_TK int32, probs_TE fp32)`; probs_TE are the scores the balance loss uses. The router is
+stored as `self.gate` so its projection is named `mlp.gate.weight` like the serving layout.
+
+Routed experts are stored STACKED (`experts.gate_proj` [E, I, H], `experts.up_proj` [E, I, H],
+`experts.down_proj` [E, H, I], each slice in [out, in] layout); convert.py maps them to the
+per-expert serving names `experts.{e}.{gate,up,down}_proj.weight`.
+
+expert_impl:
+  "loop"    : for each expert run it on ALL tokens and add weight * output where chosen
+              (obvious reference, E/K times the necessary FLOPs).
+  "batched" : dropless expert-blocked permutation (ops.moe.permute_plan): every assignment is
+              computed once (+ <= E*blk padding rows) with one block-batched matmul per
+              projection; static shapes, CPU + GRAPH mode friendly.
+"""
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops, Parameter, Tensor
+
+import ops.moe as moe_ops
+from ops.swiglu import swiglu, resolve_impl as swiglu_impl
+from pangu.common.layers import ones_param, zeros_param
+from pangu.common.mlp import SwiGLUMLP
+
+EXPERT_IMPLS = ("batched", "loop")
+
+
+# ----------------------------------------------------------------------------- routers
+class MoGERouter(nn.Cell):
+    """Mixture of Grouped Experts router (Pangu Pro MoE): global softmax over E experts, E split
+    into K contiguous groups, argmax per group, weight = p[e] * router_scale[e], no renorm."""
+
+    def __init__(self, hidden_size, num_experts, num_groups):
+        super().__init__()
+        if num_experts % num_groups:
+            raise ValueError(f"num_experts: {num_experts} is not divisible by num_groups="
+                             f"{num_groups}; use a multiple of the group count")
+        self.weight = zeros_param((num_experts, hidden_size))     # [E, H]
+        self.router_scale = ones_param((1, num_experts))           # [1, E]
+        self.num_groups = num_groups
+        self.matmul = ops.MatMul(transpose_b=True)
+
+    def construct(self, h_TH):
+        logits_TE = self.matmul(h_TH.astype(ms.float32), self.weight)
+        return moe_ops.moge_route(logits_TE, self.num_groups, self.router_scale, "reference")
+
+
+class TopKRouter(nn.Cell):
+    """Plain top-k router: softmax or sigmoid scores; optional selection-only bias
+    `e_score_correction_bias` [E] (not trained by gradients; updated by an aux-free balancing
+    rule outside the model); optional renormalisation; scaling factor."""
+
+    def __init__(self, hidden_size, num_experts, top_k, score_func="softmax",
+                 selection_bias=False, norm_topk_prob=False, scaling_factor=1.0):
+        super().__init__()
+        self.weight = zeros_param((num_experts, hidden_size))
+        self.e_score_correction_bias = (zeros_param((num_experts,), requires_grad=False)
+                                        if selection_bias else None)
+        self.has_bias = selection_bias
+        self.top_k = top_k
+        self.score_func = score_func
+        self.norm_topk_prob = norm_topk_prob
+        self.scaling_factor = float(scaling_factor)
+        self.matmul = ops.MatMul(transpose_b=True)
+
+    def construct(self, h_TH):
+        logits_TE = self.matmul(h_TH.astype(ms.float32), self.weight)
+        bias = self.e_score_correction_bias if self.has_bias else None
+        return moe_ops.topk_route(logits_TE, self.top_k, self.score_func, bias,
+                                  self.norm_topk_prob, self.scaling_factor, "reference")
+
+
+# ----------------------------------------------------------------------------- experts
+class GroupedExperts(nn.Cell):
+    """E SwiGLU experts with stacked weights; `loop` and `batched` compute paths."""
+
+    def __init__(self, num_experts, hidden_size, intermediate_size, compute_dtype=ms.float32,
+                 swiglu_impl_name="auto"):
+        super().__init__()
+        self.num_experts = num_experts
+        self.gate_proj = zeros_param((num_experts, intermediate_size, hidden_size))
+        self.up_proj = zeros_param((num_experts, intermediate_size, hidden_size))
+        self.down_proj = zeros_param((num_experts, hidden_size, intermediate_size))
+        self.compute_dtype = compute_dtype
+        self.act_impl = swiglu_impl(swiglu_impl_name)
+        self.bmm = ops.BatchMatMul(transpose_b=True)
+        self.mm = ops.MatMul(transpose_b=True)
+
+    def run_loop(self, x_TH, weights_TK, experts_TK):
+        """Reference: y = sum_e w_e(t) * Expert_e(x_t), Expert_e evaluated on every token."""
+        cd = self.compute_dtype
+        x = x_TH.astype(cd)
+        y_TH = ops.zeros(x_TH.shape, ms.float32)
+        for e in range(self.num_experts):
+            w_T = (weights_TK * (experts_TK == e).astype(ms.float32)).sum(-1)
+            g = self.mm(x, self.gate_proj[e].astype(cd))
+            u = self.mm(x, self.up_proj[e].astype(cd))
+            out = self.mm(swiglu(g, u, self.act_impl), self.down_proj[e].astype(cd))
+            y_TH = y_TH + w_T[:, None] * out.astype(ms.float32)
+        return y_TH.astype(cd)
+
+    def run_batched(self, x_TH, weights_TK, experts_TK):
+        """Dispatch into expert blocks -> block-batched SwiGLU -> combine."""
+        cd = self.compute_dtype
+        t, k = experts_TK.shape
+        blk = moe_ops.default_block(t * k, self.num_experts)
+        dest_A, slot_src_P, block_expert_NB = moe_ops.permute_plan(
+            experts_TK, self.num_experts, blk)
+        x_PH = moe_ops.permute(x_TH.astype(cd), slot_src_P)                    # dispatch
+        nb = block_expert_NB.shape[0]
+        x_NbH = x_PH.reshape(nb, blk, -1)
+        wg_NIH = ops.gather(self.gate_proj, block_expert_NB, 0).astype(cd)
+        wu_NIH = ops.gather(self.up_proj, block_expert_NB, 0).astype(cd)
+        wd_NHI = ops.gather(self.down_proj, block_expert_NB, 0).astype(cd)
+        act_NbI = swiglu(self.bmm(x_NbH, wg_NIH), self.bmm(x_NbH, wu_NIH), self.act_impl)
+        out_PH = self.bmm(act_NbI, wd_NHI).reshape(nb * blk, -1)                 # experts
+        return moe_ops.unpermute(out_PH, dest_A, weights_TK)                     # combine
+
+
+# ----------------------------------------------------------------------------- MoE layer
+class MoE(nn.Cell):
+    """route -> dispatch -> experts -> combine, plus an optional ungated shared SwiGLU expert.
+
+    construct(h [..., H]) -> (y [..., H], balance [] (alpha-free sum f_i p_i), imbalance [])
+    `imbalance_devices` = M devices for the imbalance score (experts placed contiguously).
+    """
+
+    def __init__(self, hidden_size, moe_intermediate_size, num_experts, top_k, router,
+                 shared_intermediate_size=0, expert_impl="batched", compute_dtype=ms.float32,
+                 imbalance_devices=None, swiglu_impl_name="auto"):
+        super().__init__()
+        if expert_impl not in EXPERT_IMPLS:
+            raise ValueError(f"expert_impl: unknown {expert_impl!r}; use one of {EXPERT_IMPLS}")
+        self.gate = router
+        self.experts = GroupedExperts(num_experts, hidden_size, moe_intermediate_size,
+                                      compute_dtype, swiglu_impl_name)
+        self.has_shared = shared_intermediate_size > 0
+        self.shared_expert = (SwiGLUMLP(hidden_size, shared_intermediate_size, compute_dtype,
+                                        swiglu_impl_name) if self.has_shared else None)
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.expert_impl = expert_impl
+        self.imbalance_devices = imbalance_devices or top_k
+
+    def construct(self, h):
+        shape = h.shape
+        h_TH = h.reshape(-1, shape[-1])
+        weights_TK, experts_TK, probs_TE = self.gate(h_TH)                       # route
+        if self.expert_impl == "loop":
+            y_TH = self.experts.run_loop(h_TH, weights_TK, experts_TK)
+        else:
+            y_TH = self.experts.run_batched(h_TH, weights_TK, experts_TK)
+        if self.has_shared:
+            y_TH = y_TH + self.shared_expert(h_TH).astype(y_TH.dtype)            # ungated
+        balance = moe_ops.balance_loss(probs_TE, experts_TK, self.num_experts, self.top_k)
+        imbalance = moe_ops.imbalance_score(experts_TK, self.num_experts, self.imbalance_devices)
+        return y_TH.reshape(shape[:-1] + (y_TH.shape[-1],)), balance, imbalance

@@ -1,0 +1,172 @@
+"""Pangu Pro MoE (Mixture of Grouped Experts) causal LM.
+
+Legend: B batch, S sequence, H hidden, V vocab, L layers, E routed experts, K = G groups.
+Layer: h = h + Attn(RMSNorm(h)); h = h + MoE(RMSNorm(h)) (pre-norm, all layers MoE).
+MoE: MoGE router (global softmax, argmax per contiguous group, * router_scale, no renorm),
+routed SwiGLU experts, plus the 4 shared experts fused as one ungated SwiGLU MLP.
+"""
+import mindspore as ms
+from mindspore import nn, ops
+
+from ops.rope import rotary_tables
+from pangu.common.attention import GQAttention
+from pangu.common.init import init_normal
+from pangu.common.layers import Embedding, Linear, RMSNorm, dtype_of
+from pangu.common.moe import MoE, MoGERouter
+from pangu.pro_moe.config import PanguProMoEConfig
+
+
+class PanguProMoEDecoderLayer(nn.Cell):
+    def __init__(self, cfg: PanguProMoEConfig):
+        super().__init__()
+        cd = dtype_of(cfg.compute_dtype)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = GQAttention(cfg.hidden_size, cfg.num_attention_heads,
+                                     cfg.num_key_value_heads, cfg.head_dim, cfg.attention_bias,
+                                     cfg.attention_bias, cd, cfg.attention_impl, "rotate_half")
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        router = MoGERouter(cfg.hidden_size, cfg.num_experts, cfg.num_groups)
+        self.mlp = MoE(cfg.hidden_size, cfg.moe_intermediate_size, cfg.num_experts,
+                       cfg.num_experts_per_tok, router, cfg.shared_expert_intermediate_size,
+                       cfg.expert_impl, cd, imbalance_devices=cfg.num_groups)
+
+    def construct(self, h_BSH, cos, sin, segment_ids):
+        a = self.self_attn(self.input_layernorm(h_BSH), cos, sin, segment_ids)
+        h_BSH = h_BSH + a.astype(ms.float32)
+        m, balance, imbalance = self.mlp(self.post_attention_layernorm(h_BSH))
+        return h_BSH + m.astype(ms.float32), balance, imbalance
+
+
+class PanguProMoEModel(nn.Cell):
+    """Embedding + decoder stack + final norm (`model.*` in the serving layout)."""
+
+    def __init__(self, cfg: PanguProMoEConfig):
+        super().__init__()
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.CellList([PanguProMoEDecoderLayer(cfg)
+                                   for _ in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.head_dim = cfg.head_dim
+        self.rope_theta = cfg.rope_theta
+
+    def construct(self, input_ids, position_ids, segment_ids):
+        h = self.embed_tokens(input_ids)
+        cos, sin = rotary_tables(position_ids, self.head_dim, self.rope_theta, "rotate_half")
+        return self.forward_embeddings(h, cos, sin, segment_ids)
+
+    def forward_embeddings(self, h, cos, sin, segment_ids):
+        """Decoder stack + final norm from input embeddings h [B,S,H] fp32 and rotary tables
+        cos/sin [B,1,S,head_dim] (MindVL hook: image features in h, M-RoPE tables)."""
+        balance = ops.zeros((), ms.float32)
+        imbalance = ops.zeros((), ms.float32)
+        for layer in self.layers:
+            h, b, i = layer(h, cos, sin, segment_ids)
+            balance = balance + b
+            imbalance = imbalance + i
+        n = len(self.layers)
+        return self.norm(h), balance / n, imbalance / n
+
+
+class PanguProMoEForCausalLM(nn.Cell):
+    """Model contract: construct -> logits [B, S, V] fp32; loss -> (total, METRIC_NAMES tuple).
+
+    aux_loss = router_aux_loss_coef * mean over layers of sum_i f_i p_i; imbalance = mean over
+    layers of the imbalance score with M = G devices (0 by construction for MoGE).
+    """
+
+    METRIC_NAMES = ("lm_loss", "aux_loss", "imbalance")
+
+    def __init__(self, cfg: PanguProMoEConfig):
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        self.model = PanguProMoEModel(cfg)
+        self.tie = cfg.tie_word_embeddings
+        if not self.tie:
+            self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, False,
+                                  dtype_of(cfg.compute_dtype))
+        self.aux_coef = float(cfg.router_aux_loss_coef)
+        self.compute_dtype = dtype_of(cfg.compute_dtype)
+        self.matmul_t = ops.MatMul(transpose_b=True)
+
+    def _logits(self, h_BSH):
+        if self.tie:
+            b, s, hd = h_BSH.shape
+            w = self.model.embed_tokens.weight.astype(self.compute_dtype)
+            out = self.matmul_t(h_BSH.reshape(-1, hd).astype(self.compute_dtype), w)
+            return out.reshape(b, s, -1).astype(ms.float32)
+        return self.lm_head(h_BSH).astype(ms.float32)
+
+    def construct(self, input_ids, position_ids, segment_ids):
+        h, _, _ = self.model(input_ids, position_ids, segment_ids)
+        return self._logits(h)
+
+    def loss(self, input_ids, labels, loss_mask, position_ids, segment_ids):
+        h, balance, imbalance = self.model(input_ids, position_ids, segment_ids)
+        logits = self._logits(h)
+        logp = ops.log_softmax(logits, -1)
+        nll = -ops.gather_elements(logp, 2, labels.astype(ms.int32)[:, :, None]).squeeze(-1)
+        mask = loss_mask.astype(ms.float32)
+        lm_loss = (nll * mask).sum() / ops.maximum(mask.sum(), 1.0)
+        aux_loss = self.aux_coef * balance
+        total = lm_loss + aux_loss
+        return total, (lm_loss, aux_loss, ops.stop_gradient(imbalance))
+
+
+def init_weights(model, cfg: PanguProMoEConfig, seed=None):
+    """normal(0, initializer_range) weights, zero biases, unit norms and router_scale."""
+    return init_normal(model, cfg.initializer_range, seed)
+
+
+def build_model(cfg: PanguProMoEConfig, seed=None):
+    """Instantiate and initialise a Pangu Pro MoE model."""
+    return init_weights(PanguProMoEForCausalLM(cfg), cfg, seed)
+
+
+def count_parameters(cfg: PanguProMoEConfig):
+    """Analytic (total, active): active = total minus the routed experts a token does NOT use."""
+    h, v, L = cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers
+    q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+    attn = h * q + 2 * h * kv + q * h
+    if cfg.attention_bias:
+        attn += q + 2 * kv + h
+    norms = 2 * h
+    router = cfg.num_experts * h + cfg.num_experts
+    expert = 3 * h * cfg.moe_intermediate_size
+    shared = 3 * h * cfg.shared_expert_intermediate_size
+    layer = attn + norms + router + cfg.num_experts * expert + shared
+    embed = v * h * (1 if cfg.tie_word_embeddings else 2)
+    total = embed + L * layer + h
+    active = total - L * (cfg.num_experts - cfg.num_experts_per_tok) * expert
+    return total, active
+
+
+# Logical axis names per parameter (metadata for parallel_strategies; the math never reads it).
+LOGICAL_AXES = (
+    ("embed_tokens.weight", ("vocab", "embed")),
+    ("lm_head.weight", ("vocab", "embed")),
+    ("q_proj.weight", ("heads", "embed")), ("q_proj.bias", ("heads",)),
+    ("k_proj.weight", ("kv_heads", "embed")), ("k_proj.bias", ("kv_heads",)),
+    ("v_proj.weight", ("kv_heads", "embed")), ("v_proj.bias", ("kv_heads",)),
+    ("o_proj.weight", ("embed", "heads")), ("o_proj.bias", ("embed",)),
+    ("gate.weight", ("expert", "embed")), ("gate.router_scale", (None, "expert")),
+    ("experts.gate_proj", ("expert", "mlp", "embed")),
+    ("experts.up_proj", ("expert", "mlp", "embed")),
+    ("experts.down_proj", ("expert", "embed", "mlp")),
+    ("shared_expert.gate_proj.weight", ("mlp", "embed")),
+    ("shared_expert.up_proj.weight", ("mlp", "embed")),
+    ("shared_expert.down_proj.weight", ("embed", "mlp")),
+    ("norm.weight", ("embed",)), ("layernorm.weight", ("embed",)),
+)
+
+
+def logical_axes(model) -> dict:
+    """{parameter name: tuple of logical axis names} for every parameter of `model`."""
+    out = {}
+    for name, p in model.parameters_and_names():
+        for suffix, axes in LOGICAL_AXES:
+            if name.endswith(suffix):
+                assert len(axes) == len(p.shape), (name, axes, p.shape)
+                out[name] = axes
+                break
+    return out
