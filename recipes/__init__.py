@@ -1,0 +1,1 @@
+"""Recipes: configuration, the runner, the trainer, checkpointing and the data pipeline."""

@@ -1,0 +1,65 @@
+"""`DataConfig`: everything that determines the training data (corpus, tokenizer, packing, cache).
+
+Every field that changes the content of the packed rows is part of the cache key (see
+`recipes.data.dataset`), so changing any of them rebuilds exactly what it affects and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from recipes.data.synthetic import TASKS
+
+SOURCES = ("synthetic", "jsonl", "sft", "chat_jsonl")
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from, how it is tokenized and how it is packed into rows."""
+
+    # synthetic: built-in task corpus; jsonl: user text; sft: built-in task conversations (chat
+    # template, answer-only loss); chat_jsonl: user conversations {"messages": [...]} (same loss)
+    source: Literal["synthetic", "jsonl", "sft", "chat_jsonl"] = "synthetic"
+    path: str = ""  # source=jsonl|chat_jsonl: the JSONL file (relative to the cwd)
+    num_documents: int = 20000  # source=synthetic|sft: documents (sft: conversations) in the training split
+    num_val_documents: int = 512  # held-out documents/conversations (built-in: own seed stream; files: seeded pick)
+    tasks: tuple[str, ...] = TASKS  # source=synthetic|sft: task mix, sampled uniformly; repeat a name to weight it
+    max_examples_per_document: int = 4  # source=synthetic: a document holds 1..N examples of one task
+    vocab_size: int = 256  # upper bound on tokenizer pieces; the trained one is smaller if the corpus has fewer
+    tokenizer_model: Optional[str] = None  # existing sentencepiece .model to use instead of training one
+    seq_length: int = 128  # tokens per packed row (the model's training sequence length)
+    seed: int = 1234  # corpus generation and the jsonl held-out pick (batch order takes its own seed)
+    skip_bad_lines: bool = False  # source=jsonl|chat_jsonl: skip malformed lines with a warning instead of stopping
+    cache_dir: str = ".cache/data"  # tokenizers and MindRecord rows; a relative path is under the repo root
+
+    def validate(self) -> None:
+        """Raise `ValueError("<field>: <problem>; <fix>")` for the first inconsistent field."""
+        if self.source not in SOURCES:
+            raise ValueError(f"source: {self.source!r} is not a known source; use one of {', '.join(SOURCES)}")
+        if self.source == "jsonl" and not self.path:
+            raise ValueError("path: required when source='jsonl'; set path to a file of {\"text\": ...} lines")
+        if self.source == "chat_jsonl" and not self.path:
+            raise ValueError("path: required when source='chat_jsonl'; set path to a file of {\"messages\": [...]} lines")
+        if self.source in ("synthetic", "sft") and self.num_documents < 1:
+            raise ValueError(f"num_documents: {self.num_documents} must be >= 1; use e.g. 20000")
+        if self.num_val_documents < 0:
+            raise ValueError(f"num_val_documents: {self.num_val_documents} must be >= 0; use 0 for no held-out split")
+        if self.source in ("synthetic", "sft"):
+            if not self.tasks:
+                raise ValueError(f"tasks: empty task mix; choose from {', '.join(TASKS)}")
+            unknown = [t for t in self.tasks if t not in TASKS]
+            if unknown:
+                raise ValueError(f"tasks: unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
+            if self.max_examples_per_document < 1:
+                raise ValueError(
+                    f"max_examples_per_document: {self.max_examples_per_document} must be >= 1; use e.g. 4"
+                )
+        if self.tokenizer_model is None and not 16 <= self.vocab_size <= 1_000_000:
+            raise ValueError(f"vocab_size: {self.vocab_size} is out of range; use 16..1000000 (e.g. 256)")
+        if self.tokenizer_model is not None and not self.tokenizer_model:
+            raise ValueError("tokenizer_model: empty path; give a sentencepiece .model file or leave it unset (null)")
+        if self.seq_length < 2:
+            raise ValueError(f"seq_length: {self.seq_length} must be >= 2; use the model's sequence length, e.g. 128")
+        if not self.cache_dir:
+            raise ValueError("cache_dir: empty path; use e.g. .cache/data")
