@@ -1,0 +1,409 @@
+"""The training loop: compiled (GRAPH mode) gradient and update steps, logging, checkpoints, resume.
+
+One optimiser step = `grad_accum_steps` calls of the compiled gradient step (gradients summed, then
+averaged) + one call of the compiled update step (global-norm clip + AdamW). The two are separate
+graphs so that a non-finite loss or gradient norm can skip the update without touching the weights.
+
+Everything that decides the numbers — model init, data order, learning rate — is a function of the
+seed and the step, so `--resume` from a checkpoint reproduces the uninterrupted run's losses exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from recipes import checkpoint as ckpt_lib
+from recipes.config import ConfigError, RecipeConfig, dump_yaml, to_dict
+from recipes.data import BATCH_KEYS  # the order of model.loss's arguments
+
+
+@dataclass
+class RunResult:
+    run_dir: str
+    steps_done: int
+    first_loss: float
+    final_loss: float
+    val_loss: float | None
+
+
+def run_dir_of(recipe: RecipeConfig) -> str:
+    return os.path.join(recipe.run.root, recipe.run.name)
+
+
+def configure_mindspore(recipe: RecipeConfig) -> str:
+    """Set mode and device; return the device target actually used."""
+    import mindspore as ms
+
+    device = recipe.train.device
+    if device == "auto":
+        device = "Ascend" if os.environ.get("ASCEND_HOME_PATH") else "CPU"
+    if recipe.train.dtype == "bfloat16" and device != "Ascend":
+        raise ConfigError("train.dtype: bfloat16 matmuls need Ascend (no CPU kernel); use train.dtype=float32 on CPU")
+    if ms.get_context("device_target") != device:  # set once per process; MindSpore refuses a change later
+        ms.set_device(device)
+    ms.set_context(mode=ms.GRAPH_MODE if recipe.train.mode == "graph" else ms.PYNATIVE_MODE)
+    return device
+
+
+class Trainer:
+    """Owns the model, optimiser, data stream and run directory of one recipe run."""
+
+    def __init__(self, recipe: RecipeConfig, model_cfg, resume: bool = False, log=print):
+        import mindspore as ms
+
+        from pangu import registry
+        from recipes.data import build_dataset
+        from recipes.optim import AdamW
+
+        self.recipe = recipe
+        self.log = log
+        self.run_dir = run_dir_of(recipe)
+        self.ckpt_root = os.path.join(self.run_dir, "checkpoints")
+        self.device = configure_mindspore(recipe)
+
+        self.train_data = build_dataset(recipe.data, split="train")
+        self.val_data = build_dataset(recipe.data, split="val")
+        model_cfg = self._fit_vocab(model_cfg, self.train_data.tokenizer.vocab_size)
+        if recipe.train.dtype != getattr(model_cfg, "compute_dtype", recipe.train.dtype):
+            model_cfg = dataclasses.replace(model_cfg, compute_dtype=recipe.train.dtype)
+        self.model_cfg = model_cfg
+        self.fingerprint = self._fingerprint()
+
+        ms.set_seed(recipe.train.seed)
+        np.random.seed(recipe.train.seed)
+        self.model = registry.build_model(model_cfg, seed=recipe.train.seed)
+        self.metric_names = tuple(type(self.model).METRIC_NAMES)
+        frozen = self._apply_freeze(recipe.train.freeze)
+        self.params = [p for p in self.model.get_parameters() if p.requires_grad]
+        if not self.params:
+            raise ConfigError("train.freeze: every parameter is frozen; loosen the patterns")
+        self.optimizer = AdamW(self.params, recipe.optimizer)
+        self.step = 0
+        self.data_position = 0
+
+        if resume:
+            self._resume()
+        else:
+            self._start_fresh(frozen)
+        self._build_steps()
+
+    # ------------------------------------------------------------------------------------------
+    # Set-up
+
+    def _fit_vocab(self, model_cfg, tokenizer_vocab: int):
+        """The model's vocabulary follows the tokenizer unless the recipe set it explicitly."""
+        if "vocab_size" in self.recipe.model.overrides:
+            if model_cfg.vocab_size < tokenizer_vocab:
+                raise ConfigError(
+                    f"model.vocab_size: {model_cfg.vocab_size} is smaller than the tokenizer's {tokenizer_vocab}; "
+                    f"remove the override or set it >= {tokenizer_vocab}"
+                )
+            return model_cfg
+        return dataclasses.replace(model_cfg, vocab_size=tokenizer_vocab)
+
+    def _fingerprint(self) -> dict:
+        """The parts of the resolved config that must match for a resume to be exact."""
+        cfg = to_dict(self.recipe, self.model_cfg)
+        for volatile in ("train.steps", "checkpoint", "run", "description", "train.eval_every", "train.log_every"):
+            node, *rest = volatile.split(".")
+            if rest:
+                cfg[node].pop(rest[0], None)
+            else:
+                cfg.pop(node, None)
+        return json.loads(json.dumps(cfg))  # as stored in trainer_state.json (tuples become lists)
+
+    def _apply_freeze(self, patterns: list[str]) -> list[str]:
+        frozen = []
+        if not patterns:
+            return frozen
+        regexes = []
+        for pattern in patterns:
+            try:
+                regexes.append(re.compile(pattern))
+            except re.error as err:
+                raise ConfigError(f"train.freeze: {pattern!r} is not a valid regular expression ({err})") from None
+        for p in self.model.get_parameters():
+            if any(r.search(p.name) for r in regexes):
+                p.requires_grad = False
+                frozen.append(p.name)
+        unmatched = [pat for pat, r in zip(patterns, regexes) if not any(r.search(n) for n in frozen)]
+        if unmatched:
+            raise ConfigError(f"train.freeze: pattern {unmatched[0]!r} matches no parameter; check the parameter names")
+        return frozen
+
+    def _start_fresh(self, frozen: list[str]) -> None:
+        existing = ckpt_lib.list_checkpoints(self.ckpt_root)
+        if existing:
+            raise ConfigError(
+                f"run.name: {self.run_dir} already holds a run (checkpoint at step {existing[-1].step}); "
+                "pass --resume to continue it, or --set run.name=<new name> for a new run"
+            )
+        os.makedirs(self.run_dir, exist_ok=True)
+        for name in ("metrics.jsonl", "loss.png"):
+            if os.path.exists(os.path.join(self.run_dir, name)):
+                os.remove(os.path.join(self.run_dir, name))  # left by a run that never reached a checkpoint
+        dump_yaml(self.recipe, self.model_cfg, os.path.join(self.run_dir, "config.yaml"))
+        if self.recipe.init_from:
+            self._load_init(self.recipe.init_from)
+        if frozen:
+            self.log(f"frozen: {len(frozen)} parameters (train.freeze)")
+
+    def _load_init(self, path: str) -> None:
+        source = ckpt_lib.resolve_init_from(path)
+        tensors = ckpt_lib.load_tensors(source, ckpt_lib.MODEL_FILE)
+        params = {p.name: p for p in self.model.get_parameters()}
+        ckpt_lib.check_compatible({n: p.shape for n, p in params.items()}, tensors, f"init_from {source}")
+        _assign(params, tensors)
+        self.log(f"initialised from {source}")
+
+    def _resume(self) -> None:
+        found = ckpt_lib.latest_valid(self.ckpt_root, warn=self.log)
+        if found is None:
+            raise ConfigError(
+                f"--resume: no valid checkpoint under {self.ckpt_root}; start without --resume "
+                "(or check run.root/run.name)"
+            )
+        state = ckpt_lib.verify(found.path)
+        if state.get("fingerprint") != self.fingerprint:
+            key = _first_difference(state.get("fingerprint", {}), self.fingerprint)
+            raise ConfigError(
+                f"--resume: the recipe differs from the checkpointed run at {key}; resume with the same "
+                "settings (only train.steps, checkpoint.* and logging may change)"
+            )
+        params = {p.name: p for p in self.model.get_parameters()}
+        tensors = ckpt_lib.load_tensors(found.path, ckpt_lib.MODEL_FILE)
+        ckpt_lib.check_compatible({n: p.shape for n, p in params.items()}, tensors, found.path)
+        _assign(params, tensors)
+        opt_params = {p.name: p for p in self.optimizer.state_parameters()}
+        if not os.path.isfile(os.path.join(found.path, ckpt_lib.OPTIMIZER_FILE)):
+            raise ConfigError(
+                f"--resume: {found.path} has no optimizer state (checkpoint.save_optimizer was false); "
+                "use init_from to start a new run from its weights"
+            )
+        opt_tensors = ckpt_lib.load_tensors(found.path, ckpt_lib.OPTIMIZER_FILE)
+        ckpt_lib.check_compatible({n: p.shape for n, p in opt_params.items()}, opt_tensors, found.path)
+        _assign(opt_params, opt_tensors)
+        self.step = int(state["step"])
+        self.data_position = int(state["data_position"])
+        _truncate_metrics(os.path.join(self.run_dir, "metrics.jsonl"), self.step)
+        dump_yaml(self.recipe, self.model_cfg, os.path.join(self.run_dir, "config.yaml"))
+        self.log(f"resumed from {found.path} (step {self.step})")
+
+    def _build_steps(self) -> None:
+        """Compile-once functions: forward+backward, gradient sum, clip+update, evaluation."""
+        import mindspore as ms
+        from mindspore import ops
+
+        model, optimizer = self.model, self.optimizer
+        clip = float(self.recipe.optimizer.grad_clip)
+
+        def forward(input_ids, labels, loss_mask, position_ids, segment_ids, weight):
+            loss, metrics = model.loss(input_ids, labels, loss_mask, position_ids, segment_ids)
+            return loss * weight, loss, metrics
+
+        grad_fn = ms.value_and_grad(forward, None, optimizer.params, has_aux=True)
+
+        def grad_step(input_ids, labels, loss_mask, position_ids, segment_ids, weight):
+            # weight = this micro-batch's share of the step's targets, so that accumulated gradients
+            # are those of the token-weighted mean loss over the whole global batch.
+            (_, loss, metrics), grads = grad_fn(input_ids, labels, loss_mask, position_ids, segment_ids, weight)
+            return loss, metrics, grads
+
+        def add_grads(acc, grads):
+            return tuple([a + g for a, g in zip(acc, grads)])
+
+        def global_norm(grads):
+            total = 0.0
+            for g in grads:
+                total = total + ops.reduce_sum(ops.square(g))
+            return ops.sqrt(total)
+
+        def update_step(grads, lr):
+            norm = global_norm(grads)
+            if clip > 0:
+                factor = ops.minimum(1.0, clip / (norm + 1e-6))
+                grads = tuple([g * factor for g in grads])
+            optimizer(grads, lr)
+            return norm
+
+        def grad_norm(grads):
+            return global_norm(grads)
+
+        def eval_step(input_ids, labels, loss_mask, position_ids, segment_ids):
+            loss, _ = model.loss(input_ids, labels, loss_mask, position_ids, segment_ids)
+            return loss
+
+        jit = ms.jit if self.recipe.train.mode == "graph" else (lambda f: f)
+        self._grad_step = jit(grad_step)
+        self._add_grads = jit(add_grads)
+        self._update_step = jit(update_step)
+        self._grad_norm = jit(grad_norm)
+        self._eval_step = jit(eval_step)
+
+    # ------------------------------------------------------------------------------------------
+    # The loop
+
+    def train(self) -> RunResult:
+        from mindspore import Tensor
+        import mindspore as ms
+        from tqdm import tqdm
+
+        from recipes.optim import learning_rate
+
+        recipe = self.recipe
+        total = recipe.train.steps
+        metrics_path = os.path.join(self.run_dir, "metrics.jsonl")
+        batch_size = recipe.train.micro_batch_size
+        tokens_per_step = batch_size * recipe.train.grad_accum_steps * recipe.data.seq_length
+        stream = self.train_data.batches(batch_size, start=self.data_position, seed=recipe.train.seed)
+        first_loss = last_loss = float("nan")
+        val_loss = None
+        bar = tqdm(total=total, initial=self.step, desc=recipe.run.name, unit="step", dynamic_ncols=True)
+        with open(metrics_path, "a") as metrics_file:
+            while self.step < total:
+                t0 = time.perf_counter()
+                lr = learning_rate(self.step, total, recipe.optimizer, recipe.schedule)
+                micro_batches = [next(stream) for _ in range(recipe.train.grad_accum_steps)]
+                self.data_position += batch_size * len(micro_batches)
+                targets = np.array([b["loss_mask"].sum() for b in micro_batches], np.float64)
+                shares = targets / targets.sum() if targets.sum() > 0 else np.full(len(targets), 1 / len(targets))
+                loss_value, metric_values, grads = 0.0, np.zeros(len(self.metric_names)), None
+                for batch, share in zip(micro_batches, shares):
+                    inputs = [Tensor(batch[k]) for k in BATCH_KEYS] + [Tensor(share, ms.float32)]
+                    loss, metrics, micro_grads = self._grad_step(*inputs)
+                    grads = micro_grads if grads is None else self._add_grads(ms.mutable(grads), ms.mutable(micro_grads))
+                    loss_value += share * float(loss.asnumpy())
+                    metric_values += share * np.array([float(m.asnumpy()) for m in metrics])
+                if math.isfinite(loss_value):
+                    # mutable: a tuple argument is otherwise a compile-time constant and recompiles each call
+                    norm = float(self._update_step(ms.mutable(grads), Tensor(lr, ms.float32)).asnumpy())
+                else:
+                    norm = float(self._grad_norm(ms.mutable(grads)).asnumpy())
+                self.step += 1
+                elapsed = time.perf_counter() - t0
+                record = {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": norm}
+                record.update({n: float(v) for n, v in zip(self.metric_names, metric_values)})
+                record["tokens"] = self.step * tokens_per_step
+                record["tokens_per_s"] = tokens_per_step / elapsed
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(
+                        f"step {self.step}: loss is {loss_value}; lower optimizer.lr or check the data "
+                        f"(last checkpoint: {self.ckpt_root})"
+                    )
+                if math.isnan(first_loss):
+                    first_loss = loss_value
+                last_loss = loss_value
+                evaluate = (recipe.train.eval_every and self.step % recipe.train.eval_every == 0) or self.step == total
+                if evaluate:
+                    val_loss = self.evaluate()
+                    record["val_loss"] = val_loss
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+                bar.update(1)
+                if self.step % recipe.train.log_every == 0 or self.step == total:
+                    bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
+                every = recipe.checkpoint.every
+                if (every and self.step % every == 0) or self.step == total:
+                    self.save_checkpoint()
+        bar.close()
+        plot_losses(metrics_path, os.path.join(self.run_dir, "loss.png"), title=recipe.run.name)
+        return RunResult(self.run_dir, self.step, first_loss, last_loss, val_loss)
+
+    def evaluate(self) -> float:
+        from mindspore import Tensor
+
+        """Mean token loss over the first `train.eval_batches` batches of the validation split."""
+        total = count = 0.0
+        for batch in self.val_data.eval_batches(self.recipe.train.micro_batch_size, self.recipe.train.eval_batches):
+            targets = float(batch["loss_mask"].sum())
+            if targets:
+                total += targets * float(self._eval_step(*(Tensor(batch[k]) for k in BATCH_KEYS)).asnumpy())
+                count += targets
+        return total / max(count, 1.0)
+
+    def save_checkpoint(self) -> str:
+        model = {p.name: p.asnumpy() for p in self.model.get_parameters()}
+        optimizer = (
+            {p.name: p.asnumpy() for p in self.optimizer.state_parameters()}
+            if self.recipe.checkpoint.save_optimizer else None
+        )
+        state = {
+            "step": self.step,
+            "data_position": self.data_position,
+            "seed": self.recipe.train.seed,
+            "fingerprint": self.fingerprint,
+        }
+        return ckpt_lib.save(self.ckpt_root, self.step, model, optimizer, state, self.recipe.checkpoint.keep_last)
+
+
+def _assign(params: dict, tensors: dict[str, np.ndarray]) -> None:
+    from mindspore import Tensor
+
+    for name, param in params.items():
+        param.set_data(Tensor(tensors[name]).astype(param.dtype))
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+    """Drop log lines past the checkpoint being resumed: those steps will run again."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError):
+            break  # a line cut by the kill: everything after it is gone too
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+
+
+def _first_difference(a, b, prefix: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+    return prefix.rstrip(".") or "(root)"
+
+
+def plot_losses(metrics_path: str, png_path: str, title: str) -> None:
+    """Loss curve (training loss per step and validation points) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(metrics_path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    if not records:
+        return
+    steps = [r["step"] for r in records]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [r["loss"] for r in records], label="train loss", linewidth=1)
+    if "lm_loss" in records[0]:
+        ax.plot(steps, [r["lm_loss"] for r in records], label="lm loss", linewidth=1, alpha=0.7)
+    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    if val:
+        ax.plot(*zip(*val), "o", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = png_path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, png_path)
