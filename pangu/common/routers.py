@@ -1,0 +1,184 @@
+"""Sigmoid top-k router (DeepSeek-V3 / Pangu Ultra MoE), scoped balance loss, aux-free bias rule.
+
+Legend: T tokens, H hidden, E routed experts, K experts per token.
+
+Router (plugs into pangu.common.moe.MoE as `mlp.gate`, router contract of plan/CONTRACTS.md):
+    s_TE = sigmoid(W h) in fp32
+    chosen = top-K of (s + e_score_correction_bias)    <- the bias changes the SELECTION only
+    w = s[chosen] / sum_k s[chosen] (norm_topk_prob) * routed_scaling_factor
+    probs_TE (for the balance loss) = s / sum_e s       (sigmoid affinities normalised per token)
+The scoring itself is ops.moe.topk_route (owned by the MoE-ops author); this file adds the
+Ultra-specific pieces: per-expert load counting for the aux-loss-free bias update and the
+balance loss whose statistics are aggregated over a configurable scope.
+
+Balance-loss scopes (Pangu Ultra MoE trains with "ep_group"):
+    "micro_batch": f_i, p_i from this rank's micro-batch only.
+    "ep_group"   : counts_i, sum_t probs[t, i] and T are SUM-AllReduced over the ranks of one
+                   expert-parallel group, then f_i = E/(K*T) * counts_i, p_i = probs_sum_i / T.
+                   Equals the loss of the group's concatenated batch.
+    "global"     : the same over all ranks.
+With no communication initialised (single process) every scope is the micro-batch loss.
+Gradients: AllReduce's bprop sums the incoming gradient over the group, so after the usual
+data-parallel gradient averaging each rank's p-gradient is exactly that of the group loss.
+
+Aux-loss-free balancing (DeepSeek-V3): after each optimiser step,
+    b_i += gamma * sign(mean_j load_j - load_i)
+with load = expert assignment counts of the whole step (all micro-batches, all data-parallel
+ranks). The router accumulates its counts in the non-trained buffer `expert_load` during
+`loss()`; `apply_expert_bias_update` (below) applies the rule and zeroes the buffer.
+"""
+import numpy as np
+import mindspore as ms
+from mindspore import ops, Tensor
+
+import ops.moe as moe_ops
+from pangu.common.layers import zeros_param
+from pangu.common.moe import TopKRouter
+
+BALANCE_SCOPES = ("micro_batch", "ep_group", "global")
+
+
+class SigmoidTopKRouter(TopKRouter):
+    """TopKRouter with sigmoid scores + an `expert_load` counter buffer for the bias update.
+
+    Parameters: `weight` [E, H] (trained), `e_score_correction_bias` [E] (not trained; only when
+    `selection_bias`), `expert_load` [E] (not trained; assignment counts since the last update,
+    only accumulated when `track_load`). construct -> (weights_TK, experts_TK, probs_TE).
+    """
+
+    def __init__(self, hidden_size, num_experts, top_k, selection_bias=True, norm_topk_prob=True,
+                 scaling_factor=2.5, track_load=False):
+        super().__init__(hidden_size, num_experts, top_k, "sigmoid", selection_bias,
+                         norm_topk_prob, scaling_factor)
+        self.num_experts = num_experts
+        self.track_load = bool(track_load)
+        self.expert_load = zeros_param((num_experts,), requires_grad=False) if track_load else None
+
+    def construct(self, h_TH):
+        logits_TE = self.matmul(h_TH.astype(ms.float32), self.weight)
+        bias = self.e_score_correction_bias if self.has_bias else None
+        weights_TK, experts_TK, probs_TE = moe_ops.topk_route(
+            logits_TE, self.top_k, "sigmoid", bias, self.norm_topk_prob, self.scaling_factor,
+            "reference")
+        if self.track_load:
+            counts_E = ops.stop_gradient(moe_ops.expert_counts(experts_TK, self.num_experts))
+            ops.assign_add(self.expert_load, counts_E)
+        return weights_TK, experts_TK, probs_TE
+
+
+# ----------------------------------------------------------------------------- balance loss
+def comm_initialized() -> bool:
+    """True when mindspore.communication.init() has run in this process (e.g. under msrun)."""
+    from mindspore.communication import GlobalComm
+    return bool(GlobalComm.INITED)
+
+
+_GROUPS = {}
+
+
+def balance_reduce_group(scope: str, ep_size: int = 0):
+    """Communication group name over which the balance statistics are summed, or None (local).
+
+    ep_size: ranks per expert-parallel group (consecutive ranks); 0 or the world size = all ranks.
+    Called once at model build time (outside any graph).
+    """
+    if scope not in BALANCE_SCOPES:
+        raise ValueError(f"aux_loss_scope: unknown value {scope!r}; use one of {BALANCE_SCOPES}")
+    if scope == "micro_batch" or not comm_initialized():
+        return None
+    from mindspore.communication import GlobalComm, create_group, get_group_size, get_rank
+    world = get_group_size()
+    if world == 1:
+        return None
+    if scope == "global" or ep_size in (0, world):
+        return GlobalComm.WORLD_COMM_GROUP
+    if world % ep_size:
+        raise ValueError(f"aux_loss_ep_size: {ep_size} does not divide the world size {world}; "
+                         "use a divisor of the number of ranks (0 = all ranks)")
+    first = get_rank() // ep_size * ep_size
+    name = f"pangu_ep_balance_{first}_{ep_size}"
+    if name not in _GROUPS:
+        create_group(name, list(range(first, first + ep_size)))
+        _GROUPS[name] = True
+    return name
+
+
+class ScopedBalanceLoss(ms.nn.Cell):
+    """alpha-free sum_i f_i p_i with statistics summed over `group` (None = this micro-batch).
+
+    f_i = E/(K*T) * counts_i (no gradient), p_i = (sum_t probs[t, i]) / T; T, counts and the
+    prob sums are totals over the group. For group=None this equals ops.moe.balance_loss.
+    """
+
+    def __init__(self, num_experts, top_k, group=None):
+        super().__init__()
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.has_group = group is not None
+        self.all_reduce = ops.AllReduce(ops.ReduceOp.SUM, group) if self.has_group else None
+
+    def construct(self, probs_TE, experts_TK):
+        e = self.num_experts
+        t = probs_TE.shape[0]
+        counts_E = ops.stop_gradient(moe_ops.expert_counts(experts_TK, e))
+        psum_E = probs_TE.astype(ms.float32).sum(0)
+        tokens_1 = ops.full((1,), t, dtype=ms.float32)
+        if self.has_group:
+            stats = self.all_reduce(ops.concat((counts_E, psum_E, tokens_1)))
+            counts_E = ops.stop_gradient(stats[:e])
+            psum_E = stats[e:2 * e]
+            tokens_1 = ops.stop_gradient(stats[2 * e:])
+        total = tokens_1[0]
+        f_E = counts_E * (e / self.top_k) / total
+        p_E = psum_E / total
+        return (f_E * p_E).sum()
+
+
+def balance_loss_np(probs_TE, experts_TK, num_experts, top_k):
+    """Numpy twin (used by tests and analysis): sum_i f_i p_i over the given tokens."""
+    probs_TE = np.asarray(probs_TE, np.float64)
+    t = probs_TE.shape[0]
+    counts = np.bincount(np.asarray(experts_TK).reshape(-1), minlength=num_experts)
+    return float((num_experts / (top_k * t) * counts * probs_TE.mean(0)).sum())
+
+
+# ----------------------------------------------------------------------------- aux-free bias
+def expert_bias_update(bias_E, load_E, rate):
+    """One aux-loss-free step: b_i + rate * sign(mean_j load_j - load_i) (numpy in, numpy out).
+
+    Underloaded experts (load below the mean) get a larger bias and are chosen more often.
+    """
+    bias_E = np.asarray(bias_E, np.float32)
+    load_E = np.asarray(load_E, np.float64)
+    return (bias_E + rate * np.sign(load_E.mean() - load_E)).astype(np.float32)
+
+
+def routers_with_load(model):
+    """All SigmoidTopKRouter cells of `model` that track their expert load, in name order."""
+    return [cell for _, cell in sorted(model.cells_and_names(), key=lambda kv: kv[0])
+            if isinstance(cell, SigmoidTopKRouter) and cell.track_load]
+
+
+def apply_expert_bias_update(model, rate, all_reduce_load=None):
+    """Apply the aux-loss-free rule to every tracking router of `model`, then zero its load.
+
+    Call after each optimiser step (outside jit). `all_reduce_load(np.ndarray) -> np.ndarray`
+    must sum the loads over the data-parallel ranks when training on several ranks (every rank
+    must apply the same update); None means single process. Returns the per-layer loads used.
+    """
+    loads = []
+    for router in routers_with_load(model):
+        load = router.expert_load.asnumpy()
+        if all_reduce_load is not None:
+            load = np.asarray(all_reduce_load(load))
+        loads.append(load)
+        new_bias = expert_bias_update(router.e_score_correction_bias.asnumpy(), load, rate)
+        router.e_score_correction_bias.set_data(Tensor(new_bias))
+        router.expert_load.set_data(Tensor(np.zeros(load.shape, np.float32)))
+    return loads
+
+
+def reset_expert_load(model):
+    """Zero the load counters (e.g. after evaluation batches, which also pass through loss())."""
+    for router in routers_with_load(model):
+        router.expert_load.set_data(Tensor(np.zeros(router.expert_load.shape, np.float32)))

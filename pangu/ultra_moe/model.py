@@ -1,0 +1,299 @@
+"""Pangu Ultra MoE causal LM: MLA + depth-scaled sandwich norm + sigmoid top-k MoE + MTP.
+
+Legend: B batch, S sequence, H hidden, V vocab, L decoder layers, E routed experts, K top-k,
+D MTP depths.
+
+Decoder layer (sandwich_norm=True, DSSN):
+    h = h + post_attention_layernorm(MLA(input_layernorm(h)))
+    h = h + post_mlp_layernorm(MLP(pre_mlp_layernorm(h)))
+(sandwich_norm=False: plain pre-norm, post_attention_layernorm is the pre-MLP norm, HF style.)
+MLP = dense SwiGLU for the first num_dense_layers layers, else MoE: sigmoid router (selection
+bias, top-k, renormalised weights x routed_scaling_factor) + routed SwiGLU experts + one
+ungated shared expert (`mlp.shared_experts`, serving name).
+MTP modules (pangu.common.mtp) sit at model.layers[L : L+D]; `construct` (inference) skips them,
+`loss` trains them.
+
+Loss: total = lm_loss + aux_loss + mtp_loss_weight * mtp_loss, where
+    aux_loss = router_aux_loss_coef * mean over MoE layers (main + MTP) of sum_i f_i p_i
+               (f_i, p_i aggregated over `aux_loss_scope`, see pangu.common.routers)
+    mtp_loss = mean over depths d of the masked CE of depth d (targets: pangu.common.mtp)
+Metrics: METRIC_NAMES = ("lm_loss", "aux_loss", "mtp_loss", "imbalance"), imbalance = mean over
+main MoE layers of (max - min device load) / T with the experts spread over K devices.
+"""
+import mindspore as ms
+from mindspore import nn, ops
+
+import ops.moe as moe_ops
+from ops.attention import resolve_impl as attention_impl
+from ops.rope import resolve_impl as rope_impl
+from pangu.common.init import init_normal
+from pangu.common.layers import Embedding, Linear, RMSNorm, dtype_of
+from pangu.common.mla import MultiHeadLatentAttention, mla_rotary_tables
+from pangu.common.mlp import SwiGLUMLP
+from pangu.common.moe import MoE
+from pangu.common.mtp import MTPLayerMixin, masked_cross_entropy, mtp_targets, shift_left
+from pangu.common.routers import (ScopedBalanceLoss, SigmoidTopKRouter, apply_expert_bias_update,
+                                  balance_reduce_group, reset_expert_load)
+from pangu.common.sandwich import init_dssn_post_norms, init_tiny
+from pangu.ultra_moe.config import PanguUltraMoEConfig, count_parameters  # noqa: F401 (re-export)
+
+
+class UltraMoE(MoE):
+    """pangu.common.moe.MoE with the serving name `shared_experts` and a scoped balance loss.
+
+    construct(h [..., H]) -> (y [..., H], balance (alpha-free sum f_i p_i), imbalance)
+    """
+
+    def __init__(self, cfg: PanguUltraMoEConfig, reduce_group=None):
+        cd = dtype_of(cfg.compute_dtype)
+        router = SigmoidTopKRouter(cfg.hidden_size, cfg.num_routed_experts, cfg.num_experts_per_tok,
+                                   cfg.router_enable_expert_bias, cfg.norm_topk_prob,
+                                   cfg.routed_scaling_factor,
+                                   track_load=cfg.router_bias_update_rate > 0)
+        super().__init__(cfg.hidden_size, cfg.moe_intermediate_size, cfg.num_routed_experts,
+                         cfg.num_experts_per_tok, router, 0, cfg.expert_impl, cd,
+                         imbalance_devices=cfg.num_experts_per_tok)
+        self.has_shared_experts = cfg.num_shared_experts > 0
+        self.shared_experts = (SwiGLUMLP(cfg.hidden_size,
+                                         cfg.num_shared_experts * cfg.moe_intermediate_size, cd)
+                               if self.has_shared_experts else None)
+        self.balance = ScopedBalanceLoss(cfg.num_routed_experts, cfg.num_experts_per_tok,
+                                         reduce_group)
+
+    def construct(self, h):
+        shape = h.shape
+        h_TH = h.reshape(-1, shape[-1])
+        weights_TK, experts_TK, probs_TE = self.gate(h_TH)                       # route
+        if self.expert_impl == "loop":                                           # dispatch,
+            y_TH = self.experts.run_loop(h_TH, weights_TK, experts_TK)           # experts,
+        else:                                                                    # combine
+            y_TH = self.experts.run_batched(h_TH, weights_TK, experts_TK)
+        if self.has_shared_experts:
+            y_TH = y_TH + self.shared_experts(h_TH).astype(y_TH.dtype)           # ungated
+        balance = self.balance(probs_TE, experts_TK)
+        imbalance = moe_ops.imbalance_score(experts_TK, self.num_experts, self.imbalance_devices)
+        return y_TH.reshape(shape[:-1] + (y_TH.shape[-1],)), balance, ops.stop_gradient(imbalance)
+
+
+class PanguUltraMoEDecoderLayer(nn.Cell):
+    """MLA + (dense SwiGLU | UltraMoE), DSSN sandwich norm or plain pre-norm."""
+
+    def __init__(self, cfg: PanguUltraMoEConfig, moe: bool, reduce_group=None):
+        super().__init__()
+        cd = dtype_of(cfg.compute_dtype)
+        h, eps = cfg.hidden_size, cfg.rms_norm_eps
+        self.sandwich = cfg.sandwich_norm
+        self.is_moe = moe
+        self.input_layernorm = RMSNorm(h, eps)
+        self.self_attn = MultiHeadLatentAttention(
+            h, cfg.num_attention_heads, cfg.attention_q_lora_dim, cfg.attention_kv_lora_dim,
+            cfg.attention_qk_dim, cfg.attention_qk_rope_dim, cfg.attention_v_dim, eps, cd,
+            attention_impl(cfg.attention_impl), rope_impl(cfg.rope_impl))
+        self.post_attention_layernorm = RMSNorm(h, eps)
+        if self.sandwich:
+            self.pre_mlp_layernorm = RMSNorm(h, eps)
+            self.post_mlp_layernorm = RMSNorm(h, eps)
+        if moe:
+            self.mlp = UltraMoE(cfg, reduce_group)
+        else:
+            self.mlp = SwiGLUMLP(h, cfg.intermediate_size, cd)
+
+    def construct(self, h_BSH, cos, sin, segment_ids):
+        a = self.self_attn(self.input_layernorm(h_BSH), cos, sin, segment_ids)
+        if self.sandwich:
+            h_BSH = h_BSH + self.post_attention_layernorm(a).astype(ms.float32)
+            x = self.pre_mlp_layernorm(h_BSH)
+        else:
+            h_BSH = h_BSH + a.astype(ms.float32)
+            x = self.post_attention_layernorm(h_BSH)
+        if self.is_moe:
+            m, balance, imbalance = self.mlp(x)
+        else:
+            m = self.mlp(x)
+            balance = ops.zeros((), ms.float32)
+            imbalance = ops.zeros((), ms.float32)
+        if self.sandwich:
+            m = self.post_mlp_layernorm(m)
+        return h_BSH + m.astype(ms.float32), balance, imbalance
+
+
+class PanguUltraMoEMTPLayer(MTPLayerMixin, PanguUltraMoEDecoderLayer):
+    """One MTP module: a decoder layer plus enorm / hnorm / eh_proj / shared_head."""
+
+    def __init__(self, cfg: PanguUltraMoEConfig, moe: bool, reduce_group=None):
+        PanguUltraMoEDecoderLayer.__init__(self, cfg, moe, reduce_group)
+        self.init_mtp(cfg.hidden_size, cfg.rms_norm_eps, dtype_of(cfg.compute_dtype))
+
+
+class PanguUltraMoEModel(nn.Cell):
+    """`model.*` of the serving layout: embed_tokens, layers (L decoder + D MTP), norm."""
+
+    def __init__(self, cfg: PanguUltraMoEConfig, reduce_group=None):
+        super().__init__()
+        L = cfg.num_hidden_layers
+        self.num_layers = L
+        self.num_mtp = cfg.num_mtp_layers
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size)
+        layers = [PanguUltraMoEDecoderLayer(cfg, i >= cfg.num_dense_layers, reduce_group)
+                  for i in range(L)]
+        mtp_moe = cfg.num_dense_layers < L  # MTP layers are MoE layers like the last layer
+        layers += [PanguUltraMoEMTPLayer(cfg, mtp_moe, reduce_group) for _ in range(self.num_mtp)]
+        self.layers = nn.CellList(layers)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.rope_dim = cfg.attention_qk_rope_dim
+        self.rope_theta = cfg.rope_theta
+        self.num_moe = L - cfg.num_dense_layers
+
+    def construct(self, input_ids, position_ids, segment_ids):
+        """-> (normed final hidden fp32 [B,S,H], balance sum over MoE layers, imbalance sum)."""
+        h = self.embed_tokens(input_ids)
+        cos, sin = mla_rotary_tables(position_ids, self.rope_dim, self.rope_theta)
+        return self.forward_embeddings(h, cos, sin, segment_ids)
+
+    def forward_embeddings(self, h, cos, sin, segment_ids):
+        """Main decoder layers + final norm from input embeddings h [B,S,H] fp32 and rope tables
+        cos/sin [B,1,S,rope_dim] (MindVL hook: image features in h, M-RoPE tables); MTP skipped."""
+        balance = ops.zeros((), ms.float32)
+        imbalance = ops.zeros((), ms.float32)
+        for i in range(self.num_layers):
+            h, b, m = self.layers[i](h, cos, sin, segment_ids)
+            balance = balance + b
+            imbalance = imbalance + m
+        return self.norm(h), balance, imbalance
+
+
+class PanguUltraMoEForCausalLM(nn.Cell):
+    """Model contract (plan/CONTRACTS.md): construct -> main logits [B,S,V] fp32 (MTP skipped);
+    loss -> (total, metrics named by METRIC_NAMES). Parameter names = serving layout except the
+    stacked routed experts and the `expert_load` buffers (see convert.py)."""
+
+    METRIC_NAMES = ("lm_loss", "aux_loss", "mtp_loss", "imbalance")
+
+    def __init__(self, cfg: PanguUltraMoEConfig, reduce_group=None):
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        self.model = PanguUltraMoEModel(cfg, reduce_group)
+        self.tie = cfg.tie_word_embeddings
+        self.compute_dtype = dtype_of(cfg.compute_dtype)
+        if not self.tie:
+            self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, False, self.compute_dtype)
+        self.matmul_t = ops.MatMul(transpose_b=True)
+        self.aux_coef = float(cfg.router_aux_loss_coef)
+        self.mtp_weight = float(cfg.mtp_loss_weight)
+        self.num_layers = cfg.num_hidden_layers
+        self.num_mtp = cfg.num_mtp_layers
+        self.num_moe_main = cfg.num_moe_layers
+        mtp_moe = cfg.num_dense_layers < cfg.num_hidden_layers
+        self.num_moe_total = self.num_moe_main + (self.num_mtp if mtp_moe else 0)
+
+    def _logits(self, h_BSH):
+        if self.tie:
+            b, s, hd = h_BSH.shape
+            w = self.model.embed_tokens.weight.astype(self.compute_dtype)
+            out = self.matmul_t(h_BSH.reshape(-1, hd).astype(self.compute_dtype), w)
+            return out.reshape(b, s, -1).astype(ms.float32)
+        return self.lm_head(h_BSH).astype(ms.float32)
+
+    def construct(self, input_ids, position_ids, segment_ids):
+        h, _, _ = self.model(input_ids, position_ids, segment_ids)
+        return self._logits(h)
+
+    def loss(self, input_ids, labels, loss_mask, position_ids, segment_ids):
+        h, balance, imbalance = self.model(input_ids, position_ids, segment_ids)
+        lm_loss = masked_cross_entropy(self._logits(h), labels, loss_mask)
+        mtp_loss = ops.zeros((), ms.float32)
+        if self.num_mtp > 0:
+            cos, sin = mla_rotary_tables(position_ids, self.model.rope_dim, self.model.rope_theta)
+            h_prev = h
+            for d in range(1, self.num_mtp + 1):
+                layer = self.model.layers[self.num_layers + d - 1]
+                emb = self.model.embed_tokens(shift_left(input_ids, d, 0))
+                x = layer.mtp_input(h_prev, emb)
+                h_prev, b, _ = layer(x, cos, sin, segment_ids)
+                balance = balance + b
+                labels_d, mask_d = mtp_targets(labels, loss_mask, segment_ids, d)
+                logits_d = self._logits(layer.shared_head(h_prev))
+                mtp_loss = mtp_loss + masked_cross_entropy(logits_d, labels_d, mask_d)
+            mtp_loss = mtp_loss / self.num_mtp
+        aux_loss = self.aux_coef * balance / max(self.num_moe_total, 1)
+        imbalance = imbalance / max(self.num_moe_main, 1)
+        total = lm_loss + aux_loss + self.mtp_weight * mtp_loss
+        return total, (lm_loss, aux_loss, mtp_loss, ops.stop_gradient(imbalance))
+
+    # -- aux-loss-free balancing hooks for the trainer (outside jit) ---------------------------
+    def update_expert_bias(self, all_reduce_load=None):
+        """b_i += router_bias_update_rate * sign(mean load - load_i) for every MoE layer from the
+        loads counted since the last call; zeroes the counters. No-op when the rate is 0."""
+        rate = self.config.router_bias_update_rate
+        if rate <= 0:
+            return []
+        return apply_expert_bias_update(self, rate, all_reduce_load)
+
+    def reset_expert_load(self):
+        """Forget loads counted by evaluation batches (they run through loss() too)."""
+        reset_expert_load(self)
+
+
+def init_weights(model, cfg: PanguUltraMoEConfig, seed=None):
+    """TinyInit (or normal(0, initializer_range)), then DSSN post-norm gammas c/sqrt(L);
+    norms 1, selection biases and load counters 0."""
+    L = cfg.num_hidden_layers
+    if cfg.tiny_init:
+        init_tiny(model, cfg.hidden_size, L, cfg.tiny_init_embedding_std, seed)
+    else:
+        init_normal(model, cfg.initializer_range, seed)
+    if cfg.sandwich_norm:
+        init_dssn_post_norms(model.model.layers, L, cfg.sandwich_norm_c_attn, cfg.sandwich_norm_c_mlp)
+    reset_expert_load(model)
+    return model
+
+
+def build_model(cfg: PanguUltraMoEConfig, seed=None):
+    """Instantiate + initialise. The balance-loss communication group is resolved here (once,
+    outside any graph) from cfg.aux_loss_scope: identity unless mindspore.communication is up."""
+    group = balance_reduce_group(cfg.aux_loss_scope, cfg.aux_loss_ep_size)
+    return init_weights(PanguUltraMoEForCausalLM(cfg, group), cfg, seed)
+
+
+def count_trainable(model) -> int:
+    """Number of trained parameters of an instantiated model (buffers excluded)."""
+    return sum(int(p.size) for p in model.trainable_params())
+
+
+# Logical axis names per parameter (metadata for parallel_strategies; the math never reads it).
+# First matching suffix wins, so the specific names come before the generic norm rules.
+LOGICAL_AXES = (
+    ("embed_tokens.weight", ("vocab", "embed")),
+    ("lm_head.weight", ("vocab", "embed")),
+    ("q_a_proj.weight", ("q_lora", "embed")),
+    ("q_a_layernorm.weight", ("q_lora",)),
+    ("q_b_proj.weight", ("heads", "q_lora")),
+    ("kv_a_proj_with_mqa.weight", ("kv_lora", "embed")),
+    ("kv_a_layernorm.weight", ("kv_lora",)),
+    ("kv_b_proj.weight", ("heads", "kv_lora")),
+    ("o_proj.weight", ("embed", "heads")),
+    ("mlp.gate.weight", ("expert", "embed")),
+    ("mlp.gate.e_score_correction_bias", ("expert",)),
+    ("mlp.gate.expert_load", ("expert",)),
+    ("experts.gate_proj", ("expert", "mlp", "embed")),
+    ("experts.up_proj", ("expert", "mlp", "embed")),
+    ("experts.down_proj", ("expert", "embed", "mlp")),
+    ("gate_proj.weight", ("mlp", "embed")),         # dense MLP and shared_experts
+    ("up_proj.weight", ("mlp", "embed")),
+    ("down_proj.weight", ("embed", "mlp")),
+    ("eh_proj.weight", ("embed", None)),             # [H, 2H]: MTP input projection
+    ("norm.weight", ("embed",)), ("layernorm.weight", ("embed",)),
+)
+
+
+def logical_axes(model) -> dict:
+    """{parameter name: tuple of logical axis names} for every parameter of `model`."""
+    out = {}
+    for name, p in model.parameters_and_names():
+        for suffix, axes in LOGICAL_AXES:
+            if name.endswith(suffix):
+                assert len(axes) == len(p.shape), (name, axes, p.shape)
+                out[name] = axes
+                break
+    return out
