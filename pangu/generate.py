@@ -1,0 +1,200 @@
+"""Autoregressive generation for any causal LM of the model contract: greedy or top-p sampling.
+
+Legend: B prompts in a batch, T = longest prompt + max_new_tokens (fixed for the whole call),
+V vocab, N heads, Nkv kv heads, D head dim.
+
+Layout. Every call works on one fixed [B, T] buffer: prompt b is written left-aligned at columns
+0..len_b-1, position ids are the column index, segment ids are 1 on written tokens and 0 on the
+unwritten tail. A causal model's logits at column len_b-1 do not depend on later columns, and the
+zero segment keeps the tail out of every attention anyway, so rows of different lengths share one
+shape (one compilation in graph mode) and need no left padding.
+
+Two paths, same results:
+- recompute (any model with `construct(input_ids, position_ids, segment_ids) -> logits [B,T,V]`):
+  the whole buffer is run again for every new token. Correct and simple; O(T) times the work.
+- KV cache (models that also define `prefill` and `decode_step`, see `KVCacheModel`): the prompt
+  is run once and each new token costs one column. `kv_cache_write` and `decode_attention` below
+  are the static-shape pieces an attention layer needs for it; the tests drive them with a toy
+  model and check the two paths agree.
+
+Sampling runs on the host in float64 numpy. Each prompt has its own random stream
+`default_rng([seed, index])`, so a prompt's sample does not depend on the batch it is in.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import numpy as np
+
+
+class KVCacheModel(Protocol):
+    """What a model provides for the KV-cache path (the recompute path needs only `construct`).
+
+    prefill(input_ids_BT, position_ids_BT, segment_ids_BT) -> (logits_BTV, cache)
+        Runs the whole [B, T] buffer (layout above) and returns a cache of capacity T: per layer
+        K [B, Nkv, T, D] and V [B, Nkv, T, Dv] of every column (after RoPE), plus the segment ids.
+    decode_step(input_ids_B1, position_ids_B1, index_B, cache) -> (logits_B1V, cache)
+        Token b goes to column index_B[b] of row b (its position id is index_B[b]): compute its
+        q/k/v, `kv_cache_write` k and v at that column, mark the column valid (segment 1), and
+        attend with `decode_attention` over the valid columns. Shapes never change, so a graph
+        compiles once.
+    """
+
+    def prefill(self, input_ids, position_ids, segment_ids): ...
+
+    def decode_step(self, input_ids, position_ids, index, cache): ...
+
+
+# --------------------------------------------------------------------------------------------------
+# KV-cache building blocks (MindSpore ops, CPU and graph mode friendly: no dynamic shapes)
+
+
+def kv_cache_write(cache_BNTD, new_BN1D, index_B):
+    """`cache` with column index_B[b] of row b replaced by new_BN1D[b] (a one-hot blend)."""
+    import mindspore as ms
+    from mindspore import ops
+
+    t = cache_BNTD.shape[2]
+    onehot_BT = ops.equal(ops.arange(t, dtype=ms.int32)[None, :], index_B.astype(ms.int32)[:, None])
+    onehot = onehot_BT[:, None, :, None].astype(cache_BNTD.dtype)
+    return cache_BNTD * (1 - onehot) + new_BN1D * onehot
+
+
+def decode_attention(q_BN1D, k_BNTD, v_BNTD, valid_BT, scale=None):
+    """One query per row over the cached columns where valid_BT != 0 (GQA: N % Nkv == 0) -> [B,N,1,Dv]."""
+    import mindspore as ms
+    from mindspore import ops
+
+    b, n, _, d = q_BN1D.shape
+    nkv = k_BNTD.shape[1]
+    if n != nkv:
+        k_BNTD = ops.repeat_interleave(k_BNTD, n // nkv, 1)
+        v_BNTD = ops.repeat_interleave(v_BNTD, n // nkv, 1)
+    scale = d ** -0.5 if scale is None else scale
+    scores = ops.matmul(q_BN1D.astype(ms.float32), k_BNTD.astype(ms.float32).swapaxes(-1, -2)) * scale
+    mask = (valid_BT != 0)[:, None, None, :]
+    scores = ops.where(mask, scores, ops.full_like(scores, -1e30))
+    probs = ops.softmax(scores, -1)
+    return ops.matmul(probs, v_BNTD.astype(ms.float32)).astype(q_BN1D.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampling
+
+
+def sample_next(logits_V: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
+    """Greedy (temperature 0) or nucleus sampling from one row of logits."""
+    if temperature <= 0:
+        return int(np.argmax(logits_V))
+    z = logits_V.astype(np.float64) / temperature
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    if top_p < 1.0:
+        order = np.argsort(-p, kind="stable")
+        cum = np.cumsum(p[order])
+        keep = order[: int(np.searchsorted(cum, top_p) + 1)]  # smallest prefix reaching top_p
+        q = np.zeros_like(p)
+        q[keep] = p[keep]
+        p = q / q.sum()
+    return int(rng.choice(len(p), p=p))
+
+
+def _check_args(prompts, max_new_tokens, temperature, top_p):
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens: {max_new_tokens} must be >= 1")
+    if temperature < 0:
+        raise ValueError(f"temperature: {temperature} must be >= 0 (0: greedy)")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p: {top_p} must be in (0, 1]")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("prompt: empty prompt; give at least one token")
+
+
+# --------------------------------------------------------------------------------------------------
+# Generation
+
+
+def generate(
+    model,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    stop_ids: Sequence[int] = (),
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    pad_id: int = 0,
+    batch_size: int = 32,
+    use_cache: bool | str = "auto",
+) -> list[list[int]]:
+    """New tokens for each prompt (token ids), stopping at the first of `stop_ids` (not included)
+    or after `max_new_tokens`.
+
+    `use_cache`: "auto" uses the KV-cache path when the model has `prefill` and `decode_step`;
+    True requires it; False always recomputes. Prompts run in batches of `batch_size`.
+    """
+    prompts = [list(map(int, p)) for p in prompts]
+    _check_args(prompts, max_new_tokens, temperature, top_p)
+    has_cache = hasattr(model, "prefill") and hasattr(model, "decode_step")
+    if use_cache is True and not has_cache:
+        raise ValueError(f"use_cache: {type(model).__name__} has no prefill/decode_step; use use_cache=False")
+    cached = has_cache if use_cache == "auto" else bool(use_cache)
+    out: list[list[int]] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        rngs = [np.random.default_rng([seed, start + i]) for i in range(len(chunk))]
+        out += _generate_batch(model, chunk, rngs, max_new_tokens, set(stop_ids), temperature, top_p, pad_id, cached)
+    return out
+
+
+def _generate_batch(model, prompts, rngs, max_new_tokens, stop, temperature, top_p, pad_id, cached):
+    import mindspore as ms
+    from mindspore import Tensor, ops
+
+    b = len(prompts)
+    lengths = np.array([len(p) for p in prompts], dtype=np.int32)
+    t = int(lengths.max()) + max_new_tokens
+    ids_BT = np.full((b, t), pad_id, dtype=np.int32)
+    seg_BT = np.zeros((b, t), dtype=np.int32)
+    for i, p in enumerate(prompts):
+        ids_BT[i, : len(p)] = p
+        seg_BT[i, : len(p)] = 1
+    pos_BT = np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy()
+
+    def last_logits(logits_BTV, cols_B):
+        index = Tensor(np.broadcast_to(cols_B[:, None, None], (b, 1, logits_BTV.shape[-1])).astype(np.int32))
+        return ops.gather_elements(logits_BTV, 1, index)[:, 0].astype(ms.float32).asnumpy()
+
+    cache = None
+    if cached:
+        logits, cache = model.prefill(Tensor(ids_BT), Tensor(pos_BT), Tensor(seg_BT))
+    else:
+        logits = model(Tensor(ids_BT), Tensor(pos_BT), Tensor(seg_BT))
+    logits_BV = last_logits(logits, lengths - 1)
+
+    new = [[] for _ in range(b)]
+    done = np.zeros(b, dtype=bool)
+    for step in range(max_new_tokens):
+        tokens = np.zeros(b, dtype=np.int32)
+        for i in range(b):
+            if done[i]:
+                continue
+            tok = sample_next(logits_BV[i], temperature, top_p, rngs[i])
+            if tok in stop:
+                done[i] = True
+                continue
+            new[i].append(tok)
+            tokens[i] = tok
+        if done.all() or step == max_new_tokens - 1:
+            break
+        cols = lengths + step  # where each row's new token goes (finished rows write harmlessly)
+        ids_BT[np.arange(b), cols] = tokens
+        seg_BT[np.arange(b), cols] = 1
+        if cached:
+            logits, cache = model.decode_step(Tensor(tokens[:, None]), Tensor(cols[:, None].astype(np.int32)),
+                                              Tensor(cols.astype(np.int32)), cache)
+            logits_BV = logits[:, 0].astype(ms.float32).asnumpy()
+        else:
+            logits_BV = last_logits(model(Tensor(ids_BT), Tensor(pos_BT), Tensor(seg_BT)), cols)
+    return new

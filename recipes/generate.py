@@ -1,0 +1,55 @@
+"""Generate from a trained run: `python -m recipes.generate RUN_DIR --prompt "..." [--top-p 0.9
+--temperature 0.8 --seed 0 --max-new-tokens 64] [--raw]`.
+
+For runs trained on chat data (data.source sft | chat_jsonl) the prompt is wrapped in the chat
+template (`<|user|>PROMPT<|assistant|>`) unless `--raw`; pretraining runs get the prompt as is.
+Temperature 0 is greedy. Prints the generated text (up to eod / `<|user|>`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("GLOG_v", "3")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m recipes.generate", description=__doc__.splitlines()[0])
+    parser.add_argument("path", help="run directory (newest valid checkpoint) or a checkpoints/step_* directory")
+    parser.add_argument("--prompt", required=True, help="text to continue (or the user message for chat runs)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with temperature > 0)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--raw", action="store_true", help="do not wrap the prompt in the chat template")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        from pangu.generate import generate
+        from recipes.data import render
+        from recipes.data.tokenizer import ASSISTANT_TOKEN
+        from recipes.evaluate import load_run, stop_ids
+
+        run = load_run(args.path)
+        chat = run.recipe.data.source in ("sft", "chat_jsonl") and not args.raw
+        text = render([("user", args.prompt)]) + ASSISTANT_TOKEN if chat else args.prompt
+        tok = run.tokenizer
+        (new,) = generate(run.model, [tok.encode(text)], args.max_new_tokens, stop_ids=stop_ids(tok),
+                          temperature=args.temperature, top_p=args.top_p, seed=args.seed, pad_id=tok.pad_id)
+    except (ValueError, FileNotFoundError) as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(tok.decode(new))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
