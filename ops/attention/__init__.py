@@ -18,7 +18,7 @@ global so the graph compiler can resolve it.
 """
 import warnings
 
-from ops._dispatch import check_impl, on_ascend
+from ops._dispatch import effective, on_ascend
 from ops.attention import reference as _ref
 
 __all__ = ["attention", "resolve_impl", "fast_available"]
@@ -45,7 +45,7 @@ def fast_available() -> bool:
 
 def resolve_impl(impl: str = "auto") -> str:
     """Concrete impl name for this device: "reference" | "fast" | "ascend"."""
-    check_impl(impl, "attention")
+    impl = effective(impl, "attention")
     if impl == "auto":
         if on_ascend():
             return "ascend"

@@ -151,3 +151,44 @@ def unpermute(out_PH, dest_A, weights_TK):
     out_TKH = out_AH.reshape(t, k, -1).astype(ms.float32)
     y_TH = (out_TKH * weights_TK[:, :, None]).sum(1)
     return y_TH.astype(out_PH.dtype)
+
+
+# ----------------------------------------------------------------------------- dense permutation
+def _ranks(flat_A, num_experts):
+    """(count_E, dest_A): assignment a goes to row start[e_a] + (rank of a among expert e_a)."""
+    onehot_AE = ops.one_hot(flat_A, num_experts, Tensor(1, ms.int32), Tensor(0, ms.int32))
+    count_E = onehot_AE.sum(0)
+    rank_A = (ops.cumsum(onehot_AE, 0) * onehot_AE).sum(1) - 1
+    start_E = ops.cumsum(count_E, 0) - count_E
+    return count_E, ops.gather(start_E, flat_A, 0) + rank_A
+
+
+def sort_permute(x_TH, experts_TK, num_experts):
+    """Unpadded expert-major permutation (the layout of Ascend's moe_token_permute +
+    grouped_matmul): returns (x_AH [A, H] rows grouped by expert, token order kept inside an
+    expert; order_A int32 = flat assignment index t*K + k of each row ("sorted_indices");
+    counts_E int32 rows per expert). Reference = an explicit [A, A] one-hot permutation matmul."""
+    t, k = experts_TK.shape
+    a = t * k
+    flat_A = experts_TK.reshape(-1).astype(ms.int32)
+    count_E, dest_A = _ranks(flat_A, num_experts)
+    one = Tensor(1.0, ms.float32)
+    zero = Tensor(0.0, ms.float32)
+    perm_AA = ops.one_hot(dest_A, a, one, zero)                 # perm[a, r] = 1 iff a goes to row r
+    x_AH = ops.broadcast_to(x_TH[:, None], (t, k, x_TH.shape[1])).reshape(a, -1)
+    x_rows = ops.matmul(perm_AA.T, x_AH.astype(ms.float32)).astype(x_TH.dtype)
+    order_A = ops.matmul(perm_AA.T, Tensor(np.arange(a, dtype=np.float32))[:, None])
+    return x_rows, ops.stop_gradient(order_A.reshape(-1).astype(ms.int32)), ops.stop_gradient(count_E)
+
+
+def sort_unpermute(x_AH, order_A, weights_TK):
+    """Inverse of sort_permute plus the weighted combine: y[t] = sum_k w[t, k] * x[row of (t, k)].
+    Reference = the transposed one-hot permutation matmul. Output in x's dtype."""
+    t, k = weights_TK.shape
+    a = t * k
+    one = Tensor(1.0, ms.float32)
+    zero = Tensor(0.0, ms.float32)
+    perm_AA = ops.one_hot(order_A, a, one, zero)                # perm[r, a] = 1 iff row r is a
+    back_AH = ops.matmul(perm_AA.T, x_AH.astype(ms.float32))
+    y_TH = (back_AH.reshape(t, k, -1) * weights_TK.astype(ms.float32)[:, :, None]).sum(1)
+    return y_TH.astype(x_AH.dtype)

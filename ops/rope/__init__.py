@@ -2,28 +2,50 @@
 
 Public API (contract in plan/CONTRACTS.md):
   rotary_tables(position_ids, dim, theta, layout="rotate_half") -> (cos, sin)  fp32 [B, 1, S, dim]
+  rotary_tables_2d(row_ids, col_ids, dim, theta, layout="rotate_half")         ViT 2-D RoPE tables
+  mrope_tables(position_ids_B3S, dim, theta, sections, layout="rotate_half")   3-D M-RoPE tables
   apply_rope(x, cos, sin, layout="rotate_half", impl="auto")                  x [B, N, S, dim]
 
-impl: "reference" = plain ops (works everywhere, both layouts); "ascend" = the fused
-`ops.rotary_position_embedding` (Ascend only; mode 0 = rotate_half, mode 1 = interleaved);
-"fast" has no separate CPU kernel (the composition is already memory-bound and cheap) and
-maps to "reference"; "auto" = ascend on Ascend, else reference.
+impl (apply_rope; the tables are cheap [B, S, dim] compositions shared by every impl):
+  "reference": plain ops, both layouts (reference.py).
+  "fast":      fused CPU aot kernel, forward + exact backward incl. table gradients
+               (fast_cpu.py, csrc/rope.cc); lazily built, reference fallback with a warning.
+  "ascend":    fused ops.rotary_position_embedding (Ascend only; mode 0 rotate_half, 1 interleaved).
+  "auto":      the `ops._dispatch.impl_scope` default if set, else ascend on Ascend, else fast when
+               AUTO_FAST (measured faster on CPU, docs/ops.md) and buildable, else reference.
 """
 from mindspore import ops
 
-from ops._dispatch import check_impl, on_ascend
-from ops.rope.reference import LAYOUTS, check_layout, inv_freq, rotary_tables
+from ops._dispatch import effective, load_fast, on_ascend
+from ops.rope.reference import (LAYOUTS, check_layout, inv_freq, mrope_tables, rotary_tables,
+                                rotary_tables_2d)
 from ops.rope import reference as _ref
 
-__all__ = ["rotary_tables", "apply_rope", "resolve_impl", "LAYOUTS", "inv_freq"]
+__all__ = ["rotary_tables", "rotary_tables_2d", "mrope_tables", "apply_rope", "resolve_impl",
+           "fast_available", "LAYOUTS", "inv_freq"]
+
+AUTO_FAST = True
+_FAST_FN = None
+_FAST_TRIED = False
+
+
+def fast_available() -> bool:
+    """Build/load the CPU kernel on first use; True when it is usable."""
+    global _FAST_FN, _FAST_TRIED
+    if not _FAST_TRIED:
+        _FAST_TRIED = True
+        _FAST_FN = load_fast("ops.rope.fast_cpu", "apply_rope")
+    return _FAST_FN is not None
 
 
 def resolve_impl(impl: str = "auto") -> str:
-    """Map "auto"/"fast" to the concrete implementation used on this device."""
-    check_impl(impl, "rope")
+    """Concrete implementation for this device: "reference" | "fast" | "ascend"."""
+    impl = effective(impl, "rope")
     if impl == "auto":
-        return "ascend" if on_ascend() else "reference"
-    if impl == "fast":
+        if on_ascend():
+            return "ascend"
+        impl = "fast" if AUTO_FAST else "reference"
+    if impl == "fast" and not fast_available():
         return "reference"
     return impl
 
@@ -31,9 +53,11 @@ def resolve_impl(impl: str = "auto") -> str:
 def apply_rope(x, cos, sin, layout="rotate_half", impl="auto"):
     """Rotate x [B, N, S, D] by the tables from `rotary_tables` (same `layout`)."""
     check_layout(layout)
-    if impl not in ("reference", "ascend"):
-        impl = resolve_impl(impl)
+    if impl == "reference":
+        return _ref.apply_rope(x, cos, sin, layout)
     if impl == "ascend":
         mode = 0 if layout == "rotate_half" else 1
         return ops.rotary_position_embedding(x, cos.astype(x.dtype), sin.astype(x.dtype), mode)
-    return _ref.apply_rope(x, cos, sin, layout)
+    if impl == "fast" and _FAST_FN is not None:
+        return _FAST_FN(x, cos, sin, layout)
+    return apply_rope(x, cos, sin, layout, resolve_impl(impl))

@@ -53,15 +53,17 @@ class SigmoidTopKRouter(TopKRouter):
         self.num_experts = num_experts
         self.track_load = bool(track_load)
         self.expert_load = zeros_param((num_experts,), requires_grad=False) if track_load else None
+        self.counts_impl = moe_ops.resolve_impl("expert_counts")  # resolved once, at build time
 
     def construct(self, h_TH):
         logits_TE = self.matmul(h_TH.astype(ms.float32), self.weight)
         bias = self.e_score_correction_bias if self.has_bias else None
         weights_TK, experts_TK, probs_TE = moe_ops.topk_route(
             logits_TE, self.top_k, "sigmoid", bias, self.norm_topk_prob, self.scaling_factor,
-            "reference")
+            self.route_impl)
         if self.track_load:
-            counts_E = ops.stop_gradient(moe_ops.expert_counts(experts_TK, self.num_experts))
+            counts_E = ops.stop_gradient(moe_ops.expert_counts(experts_TK, self.num_experts,
+                                                               self.counts_impl))
             ops.assign_add(self.expert_load, counts_E)
         return weights_TK, experts_TK, probs_TE
 
@@ -116,11 +118,12 @@ class ScopedBalanceLoss(ms.nn.Cell):
         self.top_k = top_k
         self.has_group = group is not None
         self.all_reduce = ops.AllReduce(ops.ReduceOp.SUM, group) if self.has_group else None
+        self.counts_impl = moe_ops.resolve_impl("expert_counts")  # resolved once, at build time
 
     def construct(self, probs_TE, experts_TK):
         e = self.num_experts
         t = probs_TE.shape[0]
-        counts_E = ops.stop_gradient(moe_ops.expert_counts(experts_TK, e))
+        counts_E = ops.stop_gradient(moe_ops.expert_counts(experts_TK, e, self.counts_impl))
         psum_E = probs_TE.astype(ms.float32).sum(0)
         tokens_1 = ops.full((1,), t, dtype=ms.float32)
         if self.has_group:

@@ -28,6 +28,8 @@ class PanguProMoEConfig:
     compute_dtype: str = "float32"           # matmul input dtype "float32" | "bfloat16" (Ascend)
     expert_impl: str = "batched"             # MoE expert path "batched" (fast) | "loop" (reference)
     attention_impl: str = "auto"             # ops.attention impl "auto"|"reference"|"fast"|"ascend"
+    ops_impl: str = "auto"                   # default impl of EVERY op (norm, rope, swiglu, routing,
+                                             # permute, attention) whose own *_impl is "auto"
 
     @property
     def num_groups(self) -> int:
@@ -68,6 +70,7 @@ class PanguProMoEConfig:
         check_choice(self, "compute_dtype", ("float32", "bfloat16"))
         check_choice(self, "expert_impl", ("batched", "loop"))
         check_choice(self, "attention_impl", ("auto", "reference", "fast", "ascend"))
+        check_choice(self, "ops_impl", ("auto", "reference", "fast", "ascend"))
         return self
 
 

@@ -57,7 +57,7 @@ def from_hf(state: dict) -> dict:
 def hf_config(cfg) -> dict:
     """config.json for the serving stack (PanguProMoEForCausalLM)."""
     d = cfg.to_dict()
-    for k in ("compute_dtype", "expert_impl", "attention_impl", "attention_bias"):
+    for k in ("compute_dtype", "expert_impl", "attention_impl", "ops_impl", "attention_bias"):
         d.pop(k)
     d.update(architectures=["PanguProMoEForCausalLM"], model_type="PanguProMoE",
              hidden_act="silu", torch_dtype="bfloat16")

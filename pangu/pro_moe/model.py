@@ -4,12 +4,15 @@ Legend: B batch, S sequence, H hidden, V vocab, L layers, E routed experts, K = 
 Layer: h = h + Attn(RMSNorm(h)); h = h + MoE(RMSNorm(h)) (pre-norm, all layers MoE).
 MoE: MoGE router (global softmax, argmax per contiguous group, * router_scale, no renorm),
 routed SwiGLU experts, plus the 4 shared experts fused as one ungated SwiGLU MLP.
+KV cache (pangu/generate.py): `prefill` / `decode_step`; the cache is (k per layer, v per layer,
+valid_BT) with k, v [B, Nkv, T, head_dim] after RoPE and valid_BT the written columns (segment 1).
 """
 import mindspore as ms
 from mindspore import nn, ops
 
+from ops._dispatch import impl_scope
 from ops.rope import rotary_tables
-from pangu.common.attention import GQAttention
+from pangu.common.attention import GQAttention, mark_valid
 from pangu.common.init import init_normal
 from pangu.common.layers import Embedding, Linear, RMSNorm, dtype_of
 from pangu.common.moe import MoE, MoGERouter
@@ -35,6 +38,20 @@ class PanguProMoEDecoderLayer(nn.Cell):
         h_BSH = h_BSH + a.astype(ms.float32)
         m, balance, imbalance = self.mlp(self.post_attention_layernorm(h_BSH))
         return h_BSH + m.astype(ms.float32), balance, imbalance
+
+    def _mlp_residual(self, h_BSH):
+        m, _, _ = self.mlp(self.post_attention_layernorm(h_BSH))
+        return h_BSH + m.astype(ms.float32)
+
+    def prefill(self, h_BSH, cos, sin, segment_ids):
+        """construct's hidden states plus this layer's cache entries (k, v)."""
+        a, k, v = self.self_attn.prefill(self.input_layernorm(h_BSH), cos, sin, segment_ids)
+        return self._mlp_residual(h_BSH + a.astype(ms.float32)), k, v
+
+    def decode(self, h_B1H, cos, sin, index_B, k_cache, v_cache, valid_BT):
+        a, k_cache, v_cache = self.self_attn.decode(self.input_layernorm(h_B1H), cos, sin, index_B,
+                                                    k_cache, v_cache, valid_BT)
+        return self._mlp_residual(h_B1H + a.astype(ms.float32)), k_cache, v_cache
 
 
 class PanguProMoEModel(nn.Cell):
@@ -66,6 +83,27 @@ class PanguProMoEModel(nn.Cell):
         n = len(self.layers)
         return self.norm(h), balance / n, imbalance / n
 
+    def prefill(self, input_ids, position_ids, segment_ids):
+        """(normed hidden states [B,T,H], k per layer, v per layer)."""
+        h = self.embed_tokens(input_ids)
+        cos, sin = rotary_tables(position_ids, self.head_dim, self.rope_theta, "rotate_half")
+        ks, vs = [], []
+        for layer in self.layers:
+            h, k, v = layer.prefill(h, cos, sin, segment_ids)
+            ks.append(k)
+            vs.append(v)
+        return self.norm(h), tuple(ks), tuple(vs)
+
+    def decode(self, input_ids_B1, position_ids_B1, index_B, ks, vs, valid_BT):
+        h = self.embed_tokens(input_ids_B1)
+        cos, sin = rotary_tables(position_ids_B1, self.head_dim, self.rope_theta, "rotate_half")
+        new_ks, new_vs = [], []
+        for layer, k, v in zip(self.layers, ks, vs):
+            h, k, v = layer.decode(h, cos, sin, index_B, k, v, valid_BT)
+            new_ks.append(k)
+            new_vs.append(v)
+        return self.norm(h), tuple(new_ks), tuple(new_vs)
+
 
 class PanguProMoEForCausalLM(nn.Cell):
     """Model contract: construct -> logits [B, S, V] fp32; loss -> (total, METRIC_NAMES tuple).
@@ -80,7 +118,8 @@ class PanguProMoEForCausalLM(nn.Cell):
         super().__init__()
         cfg.validate()
         self.config = cfg
-        self.model = PanguProMoEModel(cfg)
+        with impl_scope(cfg.ops_impl):      # every op's impl="auto" resolves to cfg.ops_impl
+            self.model = PanguProMoEModel(cfg)
         self.tie = cfg.tie_word_embeddings
         if not self.tie:
             self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, False,
@@ -100,6 +139,18 @@ class PanguProMoEForCausalLM(nn.Cell):
     def construct(self, input_ids, position_ids, segment_ids):
         h, _, _ = self.model(input_ids, position_ids, segment_ids)
         return self._logits(h)
+
+    def prefill(self, input_ids, position_ids, segment_ids):
+        """KV-cache prefill: (logits [B,T,V] = construct's, cache (ks, vs, valid_BT))."""
+        h, ks, vs = self.model.prefill(input_ids, position_ids, segment_ids)
+        return self._logits(h), (ks, vs, (segment_ids != 0).astype(ms.int32))
+
+    def decode_step(self, input_ids_B1, position_ids_B1, index_B, cache):
+        """One new token per row at column index_B: (logits [B,1,V], updated cache)."""
+        ks, vs, valid_BT = cache
+        valid_BT = mark_valid(valid_BT, index_B)
+        h, ks, vs = self.model.decode(input_ids_B1, position_ids_B1, index_B, ks, vs, valid_BT)
+        return self._logits(h), (ks, vs, valid_BT)
 
     def loss(self, input_ids, labels, loss_mask, position_ids, segment_ids):
         h, balance, imbalance = self.model(input_ids, position_ids, segment_ids)

@@ -65,6 +65,7 @@ class PanguUltraMoEConfig:
     compute_dtype: Literal["float32", "bfloat16"] = "float32"  # matmul dtype; params stay fp32
     attention_impl: str = "auto"  # ops.attention impl: auto | reference | fast | ascend
     rope_impl: str = "auto"  # ops.rope impl: auto | reference | fast | ascend
+    ops_impl: str = "auto"  # default impl of every op whose own *_impl is "auto" (norm, rope, swiglu, MoE, attention)
     expert_impl: Literal["batched", "loop"] = "batched"  # MoE experts: fast batched or reference loop
 
     @property
@@ -119,7 +120,7 @@ class PanguUltraMoEConfig:
             raise ValueError(f"compute_dtype: unknown value {self.compute_dtype!r}; use float32 or bfloat16")
         if self.expert_impl not in ("batched", "loop"):
             raise ValueError(f"expert_impl: unknown value {self.expert_impl!r}; use batched or loop")
-        for name in ("attention_impl", "rope_impl"):
+        for name in ("attention_impl", "rope_impl", "ops_impl"):
             if getattr(self, name) not in ("auto", "reference", "fast", "ascend"):
                 raise ValueError(f"{name}: unknown value {getattr(self, name)!r}; "
                                  "use auto, reference, fast or ascend")

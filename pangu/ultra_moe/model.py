@@ -24,8 +24,10 @@ import mindspore as ms
 from mindspore import nn, ops
 
 import ops.moe as moe_ops
+from ops._dispatch import impl_scope
 from ops.attention import resolve_impl as attention_impl
 from ops.rope import resolve_impl as rope_impl
+from pangu.common.attention import mark_valid
 from pangu.common.init import init_normal
 from pangu.common.layers import Embedding, Linear, RMSNorm, dtype_of
 from pangu.common.mla import MultiHeadLatentAttention, mla_rotary_tables
@@ -100,6 +102,22 @@ class PanguUltraMoEDecoderLayer(nn.Cell):
 
     def construct(self, h_BSH, cos, sin, segment_ids):
         a = self.self_attn(self.input_layernorm(h_BSH), cos, sin, segment_ids)
+        return self._after_attention(h_BSH, a)
+
+    def prefill(self, h_BSH, cos, sin, segment_ids):
+        """construct's hidden states plus this layer's MLA cache entries (c, k_rope)."""
+        a, c, k_rope = self.self_attn.prefill(self.input_layernorm(h_BSH), cos, sin, segment_ids)
+        h_BSH, _, _ = self._after_attention(h_BSH, a)
+        return h_BSH, c, k_rope
+
+    def decode(self, h_B1H, cos, sin, index_B, c_cache, k_rope_cache, valid_BT):
+        a, c_cache, k_rope_cache = self.self_attn.decode(self.input_layernorm(h_B1H), cos, sin, index_B,
+                                                         c_cache, k_rope_cache, valid_BT)
+        h_B1H, _, _ = self._after_attention(h_B1H, a)
+        return h_B1H, c_cache, k_rope_cache
+
+    def _after_attention(self, h_BSH, a):
+        """Attention residual (+ DSSN post-norm), then the MLP sub-layer: (h, balance, imbalance)."""
         if self.sandwich:
             h_BSH = h_BSH + self.post_attention_layernorm(a).astype(ms.float32)
             x = self.pre_mlp_layernorm(h_BSH)
@@ -161,6 +179,27 @@ class PanguUltraMoEModel(nn.Cell):
             imbalance = imbalance + m
         return self.norm(h), balance, imbalance
 
+    def prefill(self, input_ids, position_ids, segment_ids):
+        """(normed hidden states [B,T,H], c per layer, k_rope per layer); MTP skipped."""
+        h = self.embed_tokens(input_ids)
+        cos, sin = mla_rotary_tables(position_ids, self.rope_dim, self.rope_theta)
+        cs, ks = [], []
+        for i in range(self.num_layers):
+            h, c, k = self.layers[i].prefill(h, cos, sin, segment_ids)
+            cs.append(c)
+            ks.append(k)
+        return self.norm(h), tuple(cs), tuple(ks)
+
+    def decode(self, input_ids_B1, position_ids_B1, index_B, cs, ks, valid_BT):
+        h = self.embed_tokens(input_ids_B1)
+        cos, sin = mla_rotary_tables(position_ids_B1, self.rope_dim, self.rope_theta)
+        new_cs, new_ks = [], []
+        for i in range(self.num_layers):
+            h, c, k = self.layers[i].decode(h, cos, sin, index_B, cs[i], ks[i], valid_BT)
+            new_cs.append(c)
+            new_ks.append(k)
+        return self.norm(h), tuple(new_cs), tuple(new_ks)
+
 
 class PanguUltraMoEForCausalLM(nn.Cell):
     """Model contract (plan/CONTRACTS.md): construct -> main logits [B,S,V] fp32 (MTP skipped);
@@ -173,7 +212,8 @@ class PanguUltraMoEForCausalLM(nn.Cell):
         super().__init__()
         cfg.validate()
         self.config = cfg
-        self.model = PanguUltraMoEModel(cfg, reduce_group)
+        with impl_scope(cfg.ops_impl):      # every op's impl="auto" resolves to cfg.ops_impl
+            self.model = PanguUltraMoEModel(cfg, reduce_group)
         self.tie = cfg.tie_word_embeddings
         self.compute_dtype = dtype_of(cfg.compute_dtype)
         if not self.tie:
@@ -198,6 +238,19 @@ class PanguUltraMoEForCausalLM(nn.Cell):
     def construct(self, input_ids, position_ids, segment_ids):
         h, _, _ = self.model(input_ids, position_ids, segment_ids)
         return self._logits(h)
+
+    def prefill(self, input_ids, position_ids, segment_ids):
+        """KV-cache prefill: (logits [B,T,V] = construct's, cache (c per layer, k_rope per layer,
+        valid_BT)); the cache holds MLA's compressed latent (see pangu.common.mla)."""
+        h, cs, ks = self.model.prefill(input_ids, position_ids, segment_ids)
+        return self._logits(h), (cs, ks, (segment_ids != 0).astype(ms.int32))
+
+    def decode_step(self, input_ids_B1, position_ids_B1, index_B, cache):
+        """One new token per row at column index_B: (logits [B,1,V], updated cache)."""
+        cs, ks, valid_BT = cache
+        valid_BT = mark_valid(valid_BT, index_B)
+        h, cs, ks = self.model.decode(input_ids_B1, position_ids_B1, index_B, cs, ks, valid_BT)
+        return self._logits(h), (cs, ks, valid_BT)
 
     def loss(self, input_ids, labels, loss_mask, position_ids, segment_ids):
         h, balance, imbalance = self.model(input_ids, position_ids, segment_ids)

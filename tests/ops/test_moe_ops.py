@@ -102,3 +102,134 @@ def test_imbalance_score_paper_setting():
     assert score == pytest.approx(moe.imbalance_score_np(ex_topk.asnumpy(), 64, 8))
     # hand example: all 16 tokens send 8 choices to device 0 -> (128 - 0) / 16
     assert moe.imbalance_score_np(np.tile(np.arange(8), (16, 1)), 64, 8) == 8.0
+
+
+# ----------------------------------------------------------------------------- fast vs reference
+import mindspore as ms  # noqa: E402
+
+from ops._dispatch import impl_scope  # noqa: E402
+from ops.moe import fast as moe_fast, reference as moe_ref  # noqa: E402
+from _parity import assert_parity, fresh_rng  # noqa: E402
+
+
+def _random_experts(rng, t, e, k):
+    return np.stack([rng.choice(e, k, replace=False) for _ in range(t)]).astype(np.int32)
+
+
+@pytest.mark.parametrize("t,e,g", [(1, 4, 2), (37, 16, 4), (129, 64, 8)])
+def test_fast_moge_route_parity(t, e, g):
+    """Same experts, weights, probs and logit/scale gradients (weights and probs both feed the loss)."""
+    seed, rng = fresh_rng()
+    logits = (rng.normal(size=(t, e)) * 2).astype(np.float32)
+    scale = rng.uniform(0.5, 1.5, size=(1, e)).astype(np.float32)
+    w_f, ex_f, _ = moe.moge_route(Tensor(logits), g, Tensor(scale), impl="fast")
+    w_r, ex_r, _ = moe.moge_route(Tensor(logits), g, Tensor(scale), impl="reference")
+    np.testing.assert_array_equal(ex_f.asnumpy(), ex_r.asnumpy())
+
+    def run(route):
+        def fn(lg, sc):
+            w, _, p = route(lg, g, sc)
+            return ops_concat(w, p)
+        return fn
+    assert_parity(run(moe_fast.moge_route), run(moe_ref.moge_route), [logits, scale], (0, 1), seed)
+
+
+def ops_concat(w_TK, p_TE):
+    from mindspore import ops
+    return ops.concat((w_TK, p_TE), -1)
+
+
+@pytest.mark.parametrize("score_func,bias,norm,scale", [("softmax", False, False, 1.0),
+                                                        ("softmax", False, True, 1.0),
+                                                        ("sigmoid", True, True, 2.5),
+                                                        ("sigmoid", False, False, 1.5)])
+def test_fast_topk_route_parity(score_func, bias, norm, scale):
+    seed, rng = fresh_rng()
+    t, e, k = int(rng.integers(1, 70)), 16, 4
+    logits = rng.normal(size=(t, e)).astype(np.float32)
+    bias_np = rng.normal(size=(e,)).astype(np.float32) if bias else None
+    b = Tensor(bias_np) if bias else None
+    _, ex_f, _ = moe.topk_route(Tensor(logits), k, score_func, b, norm, scale, impl="fast")
+    _, ex_r, _ = moe.topk_route(Tensor(logits), k, score_func, b, norm, scale, impl="reference")
+    np.testing.assert_array_equal(ex_f.asnumpy(), ex_r.asnumpy())
+
+    def run(route):
+        def fn(lg):
+            w, _, p = route(lg, k, score_func, b, norm, scale)
+            return ops_concat(w, p)
+        return fn
+    assert_parity(run(moe_fast.topk_route), run(moe_ref.topk_route), [logits], (0,), seed)
+
+
+@pytest.mark.parametrize("t,e,k", [(1, 4, 1), (13, 6, 3), (200, 8, 4), (77, 64, 8)])
+def test_fast_permute_plan_and_counts_identical(t, e, k):
+    _, rng = fresh_rng()
+    experts = _random_experts(rng, t, e, k)
+    if t > 50:
+        experts[: t // 2] = experts[0]                      # heavy skew: some experts empty
+    blk = moe.default_block(t * k, e)
+    got = moe.permute_plan(Tensor(experts), e, blk, impl="fast")
+    want = moe.permute_plan(Tensor(experts), e, blk, impl="reference")
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
+    np.testing.assert_array_equal(moe.expert_counts(Tensor(experts), e, impl="fast").asnumpy(),
+                                  np.bincount(experts.ravel(), minlength=e))
+
+
+@pytest.mark.parametrize("t,e,k,h", [(1, 4, 2, 3), (19, 8, 4, 5), (64, 16, 2, 33)])
+def test_sort_permute_unpermute_parity(t, e, k, h):
+    """Expert-major rows (token order inside an expert), counts, the inverse + weighted combine,
+    and gradients w.r.t. tokens and weights, fast vs the one-hot-matmul reference."""
+    seed, rng = fresh_rng()
+    experts = _random_experts(rng, t, e, k)
+    x = rng.normal(size=(t, h)).astype(np.float32)
+    w = rng.uniform(size=(t, k)).astype(np.float32)
+    x_f, order_f, cnt_f = moe.sort_permute(Tensor(x), Tensor(experts), e, impl="fast")
+    x_r, order_r, cnt_r = moe.sort_permute(Tensor(x), Tensor(experts), e, impl="reference")
+    np.testing.assert_array_equal(order_f.asnumpy(), order_r.asnumpy())
+    np.testing.assert_array_equal(cnt_f.asnumpy(), np.bincount(experts.ravel(), minlength=e))
+    np.testing.assert_array_equal(cnt_r.asnumpy(), cnt_f.asnumpy())
+    flat = experts.ravel()
+    order = order_f.asnumpy()
+    assert (np.diff(flat[order]) >= 0).all()                                  # grouped by expert
+    np.testing.assert_array_equal(x_f.asnumpy(), x[order // k])
+    ex_t = Tensor(experts)
+
+    def run(perm, unperm):
+        def fn(xx, ww):
+            rows, od, _ = perm(xx, ex_t, e)
+            return unperm(rows * rows, od, ww)                              # a non-linear "expert"
+        return fn
+    assert_parity(run(moe_fast.sort_permute, moe_fast.sort_unpermute),
+                  run(moe_ref.sort_permute, moe_ref.sort_unpermute), [x, w], (0, 1), seed)
+
+
+def test_moe_resolve_impl_and_scope():
+    assert moe.resolve_impl("permute_plan", "reference") == "reference"
+    with impl_scope("reference"):
+        assert all(moe.resolve_impl(op) == "reference" for op in moe.OPS)
+    with impl_scope("fast"):
+        assert all(moe.resolve_impl(op) == "fast" for op in moe.OPS)
+    if ms.get_context("device_target") == "CPU":
+        for op in moe.OPS:
+            assert moe.resolve_impl(op) == ("fast" if moe.AUTO_FAST[op] else "reference")
+    with pytest.raises(ValueError, match="op: unknown MoE op"):
+        moe.resolve_impl("nope")
+    with pytest.raises(ValueError, match="impl: unknown value"):
+        moe.moge_route(Tensor(np.zeros((2, 4), np.float32)), 2, impl="bogus")
+
+
+@pytest.mark.ascend
+@pytest.mark.skipif(ms.get_context("device_target") != "Ascend",
+                    reason="needs an Ascend NPU (moe_token_permute / moe_token_unpermute)")
+def test_ascend_sort_permute_matches_reference():
+    rng = np.random.default_rng()
+    t, e, k, h = 32, 8, 2, 16
+    experts, x = _random_experts(rng, t, e, k), rng.normal(size=(t, h)).astype(np.float32)
+    w = rng.uniform(size=(t, k)).astype(np.float32)
+    x_a, order_a, _ = moe.sort_permute(Tensor(x), Tensor(experts), e, impl="ascend")
+    x_r, order_r, _ = moe.sort_permute(Tensor(x), Tensor(experts), e, impl="reference")
+    np.testing.assert_allclose(x_a.asnumpy(), x_r.asnumpy(), rtol=1e-5)
+    y_a = moe.sort_unpermute(x_a, order_a, Tensor(w), impl="ascend").asnumpy()
+    y_r = moe.sort_unpermute(x_r, order_r, Tensor(w), impl="reference").asnumpy()
+    np.testing.assert_allclose(y_a, y_r, rtol=1e-5, atol=1e-6)

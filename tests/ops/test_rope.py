@@ -62,3 +62,114 @@ def test_relative_position_property():
 def test_bad_layout_message():
     with pytest.raises(ValueError, match="layout: unknown rope layout"):
         rotary_tables(Tensor(np.zeros((1, 2), np.int32)), 8, 1e4, "bogus")
+
+
+# ----------------------------------------------------------------------------- fast path parity
+import shutil  # noqa: E402
+
+import mindspore as ms  # noqa: E402
+
+import ops.rope as rope_ops  # noqa: E402
+from ops.rope import mrope_tables, reference as rope_ref, rotary_tables_2d  # noqa: E402
+from _parity import assert_parity, fresh_rng, rel  # noqa: E402
+
+needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ missing: no CPU kernel")
+
+
+@needs_gxx
+@pytest.mark.parametrize("layout", ["rotate_half", "interleaved"])
+@pytest.mark.parametrize("shape,table_batch", [((1, 1, 1, 2), 1), ((2, 3, 7, 6), 2), ((3, 5, 13, 18), 1),
+                                               ((2, 1, 33, 64), 2), ((1, 4, 9, 128), 1)])
+def test_fast_matches_reference_fwd_and_grads(layout, shape, table_batch):
+    """x, cos and sin gradients (arbitrary random tables, so the table gradients are exercised)."""
+    seed, rng = fresh_rng()
+    from ops.rope import fast_cpu
+    b, n, s, d = shape
+    x = rng.normal(size=shape).astype(np.float32)
+    cos = rng.normal(size=(table_batch, 1, s, d)).astype(np.float32)
+    sin = rng.normal(size=(table_batch, 1, s, d)).astype(np.float32)
+    assert_parity(lambda a, c, t: fast_cpu.apply_rope(a, c, t, layout),
+                  lambda a, c, t: rope_ref.apply_rope(a, c, t, layout), [x, cos, sin], (0, 1, 2), seed)
+
+
+@needs_gxx
+def test_fast_in_graph_mode_with_real_tables():
+    seed, rng = fresh_rng()
+    x = rng.normal(size=(2, 3, 11, 16)).astype(np.float32)
+    pos = Tensor(rng.integers(0, 100, size=(2, 11)).astype(np.int32))
+    impl = rope_ops.resolve_impl("fast")
+    assert impl == "fast"
+    for layout in ("rotate_half", "interleaved"):
+        cos, sin = rotary_tables(pos, 16, 1e4, layout)
+
+        def loss(a):
+            return (apply_rope(a, cos, sin, layout, impl) ** 2).sum()
+
+        def loss_ref(a):
+            return (apply_rope(a, cos, sin, layout, "reference") ** 2).sum()
+
+        got = ms.jit(ms.value_and_grad(loss))(Tensor(x))
+        want = ms.value_and_grad(loss_ref)(Tensor(x))
+        assert rel(got[0].asnumpy(), want[0].asnumpy()) <= 1e-5, seed
+        assert rel(got[1].asnumpy(), want[1].asnumpy()) <= 1e-5, seed
+
+
+# ----------------------------------------------------------------------------- 2-D and M-RoPE tables
+def test_rotary_tables_2d_matches_numpy():
+    """First D/4 pairs rotate by the row, last D/4 by the column (Qwen2.5-VL vision RoPE)."""
+    _, rng = fresh_rng()
+    d, theta = 16, 1e4
+    rows = rng.integers(0, 20, size=(2, 9)).astype(np.int32)
+    cols = rng.integers(0, 20, size=(2, 9)).astype(np.int32)
+    cos, sin = rotary_tables_2d(Tensor(rows), Tensor(cols), d, theta)
+    f = 1.0 / theta ** (np.arange(0, d // 2, 2) / (d // 2))                          # [D/4]
+    ang = np.concatenate([rows[..., None] * f, cols[..., None] * f], -1)              # [B, P, D/2]
+    ang = np.concatenate([ang, ang], -1)[:, None]
+    np.testing.assert_allclose(cos.asnumpy(), np.cos(ang), atol=2e-6)
+    np.testing.assert_allclose(sin.asnumpy(), np.sin(ang), atol=2e-6)
+    with pytest.raises(ValueError, match="dim: 2-D rotary dim 6"):
+        rotary_tables_2d(Tensor(rows), Tensor(cols), 6, theta)
+
+
+@pytest.mark.parametrize("layout", ["rotate_half", "interleaved"])
+def test_mrope_equal_streams_is_1d_rope_and_sections_pick_streams(layout):
+    _, rng = fresh_rng()
+    d, theta, sections = 16, 1e4, (2, 3, 3)
+    pos = rng.integers(0, 50, size=(2, 7)).astype(np.int32)
+    c3, s3 = mrope_tables(Tensor(np.repeat(pos[:, None], 3, 1)), d, theta, sections, layout)
+    c1, s1 = rotary_tables(Tensor(pos), d, theta, layout)
+    np.testing.assert_array_equal(c3.asnumpy(), c1.asnumpy())
+    np.testing.assert_array_equal(s3.asnumpy(), s1.asnumpy())
+    # distinct streams: pair k uses stream t < 2, row 2 <= k < 5, column k >= 5
+    ids = rng.integers(0, 50, size=(1, 3, 5)).astype(np.int32)
+    c, _ = mrope_tables(Tensor(ids), d, theta, sections, layout)
+    f = 1.0 / theta ** (np.arange(0, d, 2) / d)
+    stream = np.repeat(np.arange(3), sections)
+    ang_h = ids[0][stream].T * f                                                     # [S, D/2]
+    ang = np.concatenate([ang_h, ang_h], -1) if layout == "rotate_half" else np.repeat(ang_h, 2, -1)
+    np.testing.assert_allclose(c.asnumpy()[0, 0], np.cos(ang), atol=2e-6)
+    with pytest.raises(ValueError, match="sections:"):
+        mrope_tables(Tensor(ids), d, theta, (2, 2, 2))
+
+
+def test_mindvl_uses_the_ops_tables():
+    """MindVL's table helpers are the ops.rope ones (moved there; no copy)."""
+    mindvl_model = pytest.importorskip("mindvl.model")
+    vision = pytest.importorskip("mindvl.vision")
+    assert mindvl_model.mrope_tables is mrope_tables
+    pos = Tensor(np.random.default_rng().integers(0, 9, size=(1, 6, 2)).astype(np.int32))
+    c, _ = vision.vision_rotary_tables(pos, 16, 1e4)
+    c2, _ = rotary_tables_2d(pos[:, :, 0], pos[:, :, 1], 16, 1e4)
+    np.testing.assert_array_equal(c.asnumpy(), c2.asnumpy())
+
+
+@pytest.mark.ascend
+@pytest.mark.skipif(ms.get_context("device_target") != "Ascend",
+                    reason="needs an Ascend NPU (fused ops.rotary_position_embedding)")
+@pytest.mark.parametrize("layout", ["rotate_half", "interleaved"])
+def test_ascend_matches_reference(layout):
+    rng = np.random.default_rng()
+    x = rng.normal(size=(2, 4, 8, 64)).astype(np.float32)
+    cos, sin = rotary_tables(Tensor(np.tile(np.arange(8, dtype=np.int32), (2, 1))), 64, 1e4, layout)
+    got = apply_rope(Tensor(x), cos, sin, layout, "ascend").asnumpy()
+    assert rel(got, rope_ref.apply_rope(Tensor(x), cos, sin, layout).asnumpy()) <= 1e-4
