@@ -25,7 +25,9 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence
 
+import mindspore as ms
 import numpy as np
+from mindspore import ops
 
 
 class KVCacheModel(Protocol):
@@ -47,14 +49,12 @@ class KVCacheModel(Protocol):
 
 
 # --------------------------------------------------------------------------------------------------
-# KV-cache building blocks (MindSpore ops, CPU and graph mode friendly: no dynamic shapes)
+# KV-cache building blocks (MindSpore ops, CPU and graph mode friendly: no dynamic shapes, no
+# function-local imports, so a model's decode_step that calls them can be compiled with ms.jit)
 
 
 def kv_cache_write(cache_BNTD, new_BN1D, index_B):
     """`cache` with column index_B[b] of row b replaced by new_BN1D[b] (a one-hot blend)."""
-    import mindspore as ms
-    from mindspore import ops
-
     t = cache_BNTD.shape[2]
     onehot_BT = ops.equal(ops.arange(t, dtype=ms.int32)[None, :], index_B.astype(ms.int32)[:, None])
     onehot = onehot_BT[:, None, :, None].astype(cache_BNTD.dtype)
@@ -63,9 +63,6 @@ def kv_cache_write(cache_BNTD, new_BN1D, index_B):
 
 def decode_attention(q_BN1D, k_BNTD, v_BNTD, valid_BT, scale=None):
     """One query per row over the cached columns where valid_BT != 0 (GQA: N % Nkv == 0) -> [B,N,1,Dv]."""
-    import mindspore as ms
-    from mindspore import ops
-
     b, n, _, d = q_BN1D.shape
     nkv = k_BNTD.shape[1]
     if n != nkv:
@@ -77,6 +74,34 @@ def decode_attention(q_BN1D, k_BNTD, v_BNTD, valid_BT, scale=None):
     scores = ops.where(mask, scores, ops.full_like(scores, -1e30))
     probs = ops.softmax(scores, -1)
     return ops.matmul(probs, v_BNTD.astype(ms.float32)).astype(q_BN1D.dtype)
+
+
+class Compiled:
+    """`model`'s construct / prefill / decode_step compiled with `ms.jit` (GRAPH mode context): pass it
+    to `generate` instead of the model. Shapes are fixed per call, so each compiles once per batch
+    shape; on CPU this is several times faster than running the ops one by one."""
+
+    def __init__(self, model):
+        self.model = model
+
+        def forward(input_ids, position_ids, segment_ids):
+            return model(input_ids, position_ids, segment_ids)
+
+        self._forward = ms.jit(forward)
+        if hasattr(model, "prefill") and hasattr(model, "decode_step"):
+            def prefill(input_ids, position_ids, segment_ids):
+                return model.prefill(input_ids, position_ids, segment_ids)
+
+            def decode_step(input_ids, position_ids, index, cache):
+                return model.decode_step(input_ids, position_ids, index, cache)
+
+            self._prefill, self._decode_step = ms.jit(prefill), ms.jit(decode_step)
+            self.prefill = lambda *args: self._prefill(*args)
+            # mutable: a tuple argument is otherwise a compile-time constant (a recompile per call)
+            self.decode_step = lambda ids, pos, index, cache: self._decode_step(ids, pos, index, ms.mutable(cache))
+
+    def __call__(self, input_ids, position_ids, segment_ids):
+        return self._forward(input_ids, position_ids, segment_ids)
 
 
 # --------------------------------------------------------------------------------------------------
