@@ -4,12 +4,17 @@ Each variant package exposes `ARCH_SPEC = dict(config_cls=..., presets={name: fn
 build_model=fn(cfg), count_parameters=fn(cfg) -> (total, active), convert_module="...")`.
 Built-in variants are listed in `_BUILTIN` (module path) and imported on first use, so a variant
 that is not written yet (or fails to import) does not break the others; `register()` adds more.
+
+Optional spec keys used by the trainer (recipes/): `data_config_cls` (the dataclass of the recipe's
+`data:` section) + `build_dataset(cfg, split)` (a dataset with PackedDataset's interface) for a model
+that does not read the text data pipeline (MindVL), and `evaluate(model, dataset) -> {name: value}`
+(extra validation metrics logged at every evaluation, e.g. MindVL's exact-match accuracy).
 """
 import importlib
 
 from pangu.common.config_utils import replace_strict
 
-_BUILTIN = {"pangu_pro_moe": "pangu.pro_moe", "pangu_ultra_moe": "pangu.ultra_moe"}
+_BUILTIN = {"pangu_pro_moe": "pangu.pro_moe", "pangu_ultra_moe": "pangu.ultra_moe", "mindvl": "mindvl"}
 ARCHS: dict = {}
 _REQUIRED = ("config_cls", "presets", "model_cls", "build_model", "count_parameters")
 

@@ -1,0 +1,139 @@
+"""MindVL configuration: the vision tower (Qwen2.5-VL `vision_config` key names) + which pangu decoder.
+
+The decoder is any architecture registered in `pangu.registry` ("pangu_pro_moe", "pangu_ultra_moe"),
+built from one of its presets plus overrides; MindVL only adds the vision tower and M-RoPE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class VisionConfig:
+    """The ViT + patch merger (field names as Qwen2.5-VL's `vision_config`)."""
+    depth: int = 32                         # transformer blocks
+    hidden_size: int = 1280                 # ViT width C
+    intermediate_size: int = 3420           # SwiGLU inner width of each block
+    num_heads: int = 16                     # attention heads (head_dim = hidden_size / num_heads)
+    in_chans: int = 3                       # image channels
+    patch_size: int = 14                    # spatial patch side (pixels)
+    temporal_patch_size: int = 2            # frames per patch (a still image repeats its frame)
+    spatial_merge_size: int = 2             # merger joins merge×merge neighbouring patches
+    window_size: int = 112                  # window side in pixels (112 = 8 patches = 4 merged tokens)
+    fullatt_block_indexes: tuple = (7, 15, 23, 31)  # blocks with full (per-image) attention
+    out_hidden_size: int = 3584             # merger output width = the decoder's hidden size
+    rms_norm_eps: float = 1e-6              # RMSNorm eps in blocks and merger
+    rope_theta: float = 10000.0             # 2-D RoPE base
+    initializer_range: float = 0.02         # std of the normal init of linear weights
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def patch_dim(self) -> int:
+        return self.in_chans * self.temporal_patch_size * self.patch_size ** 2
+
+    @property
+    def window_merged(self) -> int:
+        """Window side in merged tokens."""
+        return self.window_size // (self.patch_size * self.spatial_merge_size)
+
+    def validate(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"vision_config.hidden_size: {self.hidden_size} not divisible by num_heads "
+                             f"{self.num_heads}; pick a multiple")
+        if self.head_dim % 4:
+            raise ValueError(f"vision_config.num_heads: head_dim {self.head_dim} must be a multiple of 4 (2-D RoPE "
+                             f"splits the rotary pairs between rows and columns); change hidden_size/num_heads")
+        if self.window_size % (self.patch_size * self.spatial_merge_size):
+            raise ValueError(f"vision_config.window_size: {self.window_size} is not a multiple of patch_size·merge "
+                             f"= {self.patch_size * self.spatial_merge_size}; use e.g. 112")
+        bad = [i for i in self.fullatt_block_indexes if not 0 <= i < self.depth]
+        if bad:
+            raise ValueError(f"vision_config.fullatt_block_indexes: {bad} outside [0, {self.depth}); fix the indexes")
+
+
+@dataclass
+class MindVLConfig:
+    """Vision tower + a registered pangu decoder + M-RoPE."""
+    vision_config: VisionConfig = field(default_factory=VisionConfig)  # the ViT and merger
+    text_arch: str = "pangu_pro_moe"        # decoder architecture in pangu.registry
+    text_preset: str = "tiny"               # decoder preset
+    text_overrides: dict = field(default_factory=dict)  # decoder config field -> value
+    mrope_section: tuple = ()               # rotary pairs for (t, h, w); () = auto (D/8, 3D/16, 3D/16)
+    image_token_id: int = 6                 # <|image_pad|> (ByteTokenizer numbering by default)
+    vision_start_token_id: int = 4          # <|vision_start|>
+    vision_end_token_id: int = 5            # <|vision_end|>
+    vocab_size: int = 0                     # >0 overrides the decoder's vocab_size (trainer fits the tokenizer)
+    compute_dtype: str = "float32"          # matmul dtype of ViT and decoder "float32" | "bfloat16" (Ascend)
+
+    def validate(self):
+        self.vision_config.validate()
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"compute_dtype: unknown '{self.compute_dtype}'; use float32 or bfloat16")
+        if self.vocab_size < 0:
+            raise ValueError(f"vocab_size: {self.vocab_size} < 0; use 0 (decoder preset) or the tokenizer size")
+        from pangu import registry
+        if self.text_arch not in registry.arch_names() or self.text_arch == "mindvl":
+            raise ValueError(f"text_arch: {self.text_arch!r} is not a decoder; use one of "
+                             f"{[a for a in registry.arch_names() if a != 'mindvl']}")
+        try:
+            self.text_config()
+        except ValueError as err:   # a bad text_preset / text_overrides key, or a bad decoder value
+            raise ValueError(f"text_overrides.{err}" if not str(err).startswith("preset:")
+                             else f"text_preset: {str(err).split(': ', 1)[1]}") from None
+        return self
+
+    def text_config(self):
+        """The decoder config: preset + text_overrides (+ vocab_size / compute_dtype of this config)."""
+        from pangu import registry
+        kw = dict(self.text_overrides)
+        if self.vocab_size:
+            kw["vocab_size"] = self.vocab_size
+        kw.setdefault("compute_dtype", self.compute_dtype)
+        return registry.get_config(self.text_arch, self.text_preset, **kw)
+
+
+def auto_mrope_section(rotary_dim: int) -> tuple:
+    """Split rotary_dim/2 frequency pairs into (t, h, w) like Qwen2.5-VL's [16, 24, 24] of 64."""
+    half = rotary_dim // 2
+    t = half // 4
+    h = (half - t) // 2
+    return (t, h, half - t - h)
+
+
+def vision_preset(name: str) -> VisionConfig:
+    """tiny: test-size tower; bench: a small trainable tower; full: the 7B-reference tower."""
+    if name == "tiny":
+        return VisionConfig(depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
+                            fullatt_block_indexes=(1,), out_hidden_size=64)
+    if name == "bench":
+        return VisionConfig(depth=4, hidden_size=128, intermediate_size=256, num_heads=4,
+                            fullatt_block_indexes=(1, 3), out_hidden_size=256)
+    if name == "full":
+        return VisionConfig()
+    raise ValueError(f"vision preset: unknown '{name}'; use tiny | bench | full")
+
+
+def count_vision_parameters(v: VisionConfig) -> int:
+    """Analytic parameter count of the ViT + merger."""
+    c, i, c4 = v.hidden_size, v.intermediate_size, v.hidden_size * v.spatial_merge_size ** 2
+    block = 2 * c + (3 * c * c + 3 * c) + (c * c + c) + (2 * c * i + 2 * i) + (i * c + c)
+    merger = c + (c4 * c4 + c4) + (c4 * v.out_hidden_size + v.out_hidden_size)
+    return c * v.patch_dim + v.depth * block + merger
+
+
+def count_parameters(cfg: MindVLConfig):
+    """(total, active): vision tower (always active) + the decoder's own analytic count."""
+    import dataclasses
+    from pangu import registry
+    text = cfg.text_config()
+    vision = count_vision_parameters(dataclasses.replace(cfg.vision_config, out_hidden_size=text.hidden_size))
+    total, active = registry.count_parameters(text)
+    return total + vision, active + vision
+
+
+PRESETS = {name: (lambda n=name: MindVLConfig(vision_config=vision_preset(n), text_preset=n))
+           for name in ("tiny", "bench", "full")}
