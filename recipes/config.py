@@ -70,6 +70,8 @@ class TrainConfig:
     eval_every: int = 0  # validation loss every N steps (0: only at the end)
     eval_batches: int = 4  # micro-batches of the validation split per evaluation
     freeze: list[str] = field(default_factory=list)  # regexes of parameter names kept frozen
+    max_bad_steps: int = 5  # this many consecutive non-finite steps (each one skipped) stop the run
+    spike_threshold: float = 3.0  # warn when the loss exceeds this x its running mean; 0 disables
 
 
 @dataclass
@@ -90,6 +92,13 @@ class RunConfig:
 
 
 @dataclass
+class ParallelSection:
+    """How the run is spread over devices (see parallel_strategies/ and docs/parallel_strategies.md)."""
+
+    strategy: str = ""  # strategy file (path or name under parallel_strategies/strategies/); empty: one process
+
+
+@dataclass
 class RecipeConfig:
     """A whole recipe: model, data, optimiser, schedule, loop, checkpoints, run directory."""
 
@@ -102,6 +111,7 @@ class RecipeConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -127,8 +137,13 @@ def resolve(raw: dict, default_run_name: str = "run") -> tuple[RecipeConfig, Any
     model_raw = raw.pop("model", {}) or {}
     if not isinstance(model_raw, dict):
         raise ConfigError(f"model: expected a mapping of model keys, got {_show(model_raw)}")
-    recipe = _build(RecipeConfig, {**raw, "model": {}}, "")
     model_raw = dict(model_raw)
+    arch = _check_type(model_raw.get("arch", "pangu_pro_moe"), str, "model.arch")
+    # An arch may bring its own `data:` dataclass (MindVL: multimodal rows); the text pipeline's otherwise.
+    data_cls = _data_config_class(arch)
+    data_raw = raw.pop("data", None)
+    recipe = _build(RecipeConfig, {**raw, "model": {}}, "")
+    recipe.data = _build(data_cls, data_raw if data_raw is not None else {}, "data.")
     recipe.model = ModelSection(
         arch=_check_type(model_raw.pop("arch", "pangu_pro_moe"), str, "model.arch"),
         preset=_check_type(model_raw.pop("preset", "tiny"), str, "model.preset"),
@@ -139,6 +154,15 @@ def resolve(raw: dict, default_run_name: str = "run") -> tuple[RecipeConfig, Any
     model_cfg = build_model_config(recipe.model)
     _validate_recipe(recipe, model_cfg)
     return recipe, model_cfg
+
+
+def _data_config_class(arch: str):
+    """The dataclass of the `data:` section: the arch spec's `data_config_cls`, else DataConfig."""
+    from pangu import registry
+
+    if arch not in registry.arch_names():
+        return DataConfig  # build_model_config names the unknown arch
+    return registry.get_spec(arch).get("data_config_cls", DataConfig)
 
 
 def build_model_config(section: ModelSection):
@@ -300,6 +324,10 @@ def _check_type(value: Any, ftype: Any, key: str) -> Any:
         item_types = args[:1] * len(value) if (origin is list or (args and args[-1] is Ellipsis)) else args
         items = [_check_type(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, item_types or [Any] * len(value)))]
         return tuple(items) if origin is tuple else items
+    if ftype in (tuple, list):  # unparameterised (e.g. MindVL's `fullatt_block_indexes: tuple`)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {_show(value)}; e.g. {key}=[1,2]")
+        return ftype(value)
     if ftype is Any:
         return value
     if ftype is bool:
@@ -340,6 +368,9 @@ def _validate_recipe(recipe: RecipeConfig, model_cfg) -> None:
         (recipe.train.grad_accum_steps >= 1, "train.grad_accum_steps", f"{recipe.train.grad_accum_steps} must be >= 1"),
         (recipe.train.log_every >= 1, "train.log_every", f"{recipe.train.log_every} must be >= 1"),
         (recipe.train.eval_every >= 0, "train.eval_every", f"{recipe.train.eval_every} must be >= 0 (0: only at the end)"),
+        (recipe.train.max_bad_steps >= 1, "train.max_bad_steps", f"{recipe.train.max_bad_steps} must be >= 1"),
+        (recipe.train.spike_threshold == 0 or recipe.train.spike_threshold > 1, "train.spike_threshold",
+         f"{recipe.train.spike_threshold} must be > 1 (a ratio to the running mean loss) or 0 to disable"),
         (recipe.optimizer.lr > 0, "optimizer.lr", f"{recipe.optimizer.lr} must be > 0"),
         (0 <= recipe.optimizer.beta1 < 1, "optimizer.beta1", f"{recipe.optimizer.beta1} must be in [0, 1)"),
         (0 <= recipe.optimizer.beta2 < 1, "optimizer.beta2", f"{recipe.optimizer.beta2} must be in [0, 1)"),
@@ -353,8 +384,12 @@ def _validate_recipe(recipe: RecipeConfig, model_cfg) -> None:
          f"{recipe.schedule.min_lr} must be between 0 and optimizer.lr={recipe.optimizer.lr}"),
         (recipe.checkpoint.every >= 0, "checkpoint.every", f"{recipe.checkpoint.every} must be >= 0 (0: only at the end)"),
         (recipe.checkpoint.keep_last >= 1, "checkpoint.keep_last", f"{recipe.checkpoint.keep_last} must be >= 1"),
-        ("/" not in recipe.run.name and recipe.run.name not in (".", ".."), "run.name",
+        (not any(c in recipe.run.name for c in "/\\\0") and recipe.run.name not in (".", ".."), "run.name",
          f"{recipe.run.name!r} must be a plain directory name (no '/'); use run.root for the parent"),
+        (bool(recipe.run.root) and "\0" not in recipe.run.root, "run.root",
+         f"{recipe.run.root!r} must be a directory path; use e.g. run.root=runs"),
+        (not os.path.exists(recipe.run.root) or os.path.isdir(recipe.run.root), "run.root",
+         f"{recipe.run.root} exists and is not a directory; choose another run.root"),
     ]
     for ok, key, problem in checks:
         if not ok:

@@ -65,6 +65,27 @@ class AdamW(nn.Cell):
             self.params, self.exp_avg, self.exp_avg_sq, grads, self.wd_mask,
         )
 
+    def update_if(self, applied, grads, lr, grad_scale):
+        """`construct(grads * grad_scale, lr)` when the bool tensor `applied` is true, else leave
+        every parameter and moment (and the step count) untouched. For use inside one compiled
+        train step: the scale (gradient clipping) is folded into the update instead of a pass
+        over all gradients, and the skip needs no trip to the host."""
+        if applied:
+            step = self.step + 1
+            ops.assign(self.step, step)
+            t = ops.cast(step, ms.float32)
+            bias1 = 1.0 - ops.pow(self.beta1, t)
+            bias2 = 1.0 - ops.pow(self.beta2, t)
+            self.hyper_map(
+                ops.partial(_adamw_update_scaled, self.beta1, self.beta2, self.eps, lr, bias1, bias2, grad_scale),
+                self.params, self.exp_avg, self.exp_avg_sq, grads, self.wd_mask,
+            )
+        return applied
+
+
+def _adamw_update_scaled(beta1, beta2, eps, lr, bias1, bias2, scale, param, m, v, grad, wd):
+    return _adamw_update(beta1, beta2, eps, lr, bias1, bias2, param, m, v, ops.cast(grad, ms.float32) * scale, wd)
+
 
 def _adamw_update(beta1, beta2, eps, lr, bias1, bias2, param, m, v, grad, wd):
     grad = ops.cast(grad, ms.float32)

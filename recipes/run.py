@@ -36,11 +36,22 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         return _run(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:  # ConfigError, CheckpointError, data errors
+    except (ValueError, OSError, FloatingPointError) as err:  # ConfigError, CheckpointError, data, I/O, divergence
         if args.debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
+
+
+def one_line(err: BaseException) -> str:
+    """The message of a user error as one line (an OSError also names its path; a stray newline is folded)."""
+    if isinstance(err, OSError) and not isinstance(err, FileNotFoundError) and err.filename:
+        text = f"{err.filename}: {err.strerror or err}; check the path and its permissions"
+    elif isinstance(err, FileNotFoundError) and err.filename:
+        text = f"{err.filename}: file not found; check the path"
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _run(args) -> int:
@@ -58,6 +69,7 @@ def _run(args) -> int:
           f"of {recipe.data.seq_length} tokens, device {trainer.device}, run dir {trainer.run_dir}")
     result = trainer.train()
     val = f", validation loss {result.val_loss:.3f}" if result.val_loss is not None else ""
+    val += "".join(f", {k} {v:.3f}" for k, v in getattr(trainer, "val_metrics", {}).items())  # arch metrics
     print(f"done: {result.steps_done} steps in {time.perf_counter() - start:.0f} s; loss "
           f"{result.first_loss:.3f} -> {result.final_loss:.3f}{val}; run dir {result.run_dir}")
     return 0

@@ -22,6 +22,7 @@ import numpy as np
 
 from recipes import checkpoint as ckpt_lib
 from recipes.config import ConfigError, RecipeConfig, dump_yaml, to_dict
+from recipes.guard import StepGuard, TrainingDiverged
 from recipes.data import BATCH_KEYS  # the order of model.loss's arguments
 
 
@@ -53,6 +54,20 @@ def configure_mindspore(recipe: RecipeConfig) -> str:
     return device
 
 
+def init_data_parallel() -> tuple[int, int]:
+    """(rank, world size): under `msrun` initialise communication; a plain process is (0, 1).
+
+    msrun starts the script in a scheduler process too (MS_ROLE=MS_SCHED): its `init()` serves the
+    cluster and does not return to train.
+    """
+    if os.environ.get("MS_ROLE") not in ("MS_WORKER", "MS_SCHED"):
+        return 0, 1
+    from mindspore.communication import get_group_size, get_rank, init
+
+    init()
+    return get_rank(), get_group_size()
+
+
 class Trainer:
     """Owns the model, optimiser, data stream and run directory of one recipe run."""
 
@@ -68,9 +83,17 @@ class Trainer:
         self.run_dir = run_dir_of(recipe)
         self.ckpt_root = os.path.join(self.run_dir, "checkpoints")
         self.device = configure_mindspore(recipe)
+        # Data parallel: every rank reads the same global batch of micro_batch_size * world rows and
+        # trains on its slice; gradients are summed across ranks (AllReduce) before the update.
+        self.rank, self.world = init_data_parallel()
+        self.is_main = self.rank == 0
+        self.strategy = self._check_strategy()
 
-        self.train_data = build_dataset(recipe.data, split="train")
-        self.val_data = build_dataset(recipe.data, split="val")
+        # An arch may bring its own data (MindVL: multimodal rows) and validation metrics (registry spec).
+        self.spec = registry.get_spec(recipe.model.arch)
+        build_data = self.spec.get("build_dataset", build_dataset)
+        self.train_data = build_data(recipe.data, split="train")
+        self.val_data = build_data(recipe.data, split="val")
         model_cfg = self._fit_vocab(model_cfg, self.train_data.tokenizer.vocab_size)
         if recipe.train.dtype != getattr(model_cfg, "compute_dtype", recipe.train.dtype):
             model_cfg = dataclasses.replace(model_cfg, compute_dtype=recipe.train.dtype)
@@ -81,6 +104,10 @@ class Trainer:
         np.random.seed(recipe.train.seed)
         self.model = registry.build_model(model_cfg, seed=recipe.train.seed)
         self.metric_names = tuple(type(self.model).METRIC_NAMES)
+        # model.loss's arguments = these batch fields, in order (text models: the batch contract's five).
+        # Every field has the row as its first dim (MindVL pads patches per row), so `batch[k][mine]`
+        # slices any of them for data parallelism.
+        self.batch_keys = tuple(getattr(self.model, "BATCH_KEYS", BATCH_KEYS))
         frozen = self._apply_freeze(recipe.train.freeze)
         self.params = [p for p in self.model.get_parameters() if p.requires_grad]
         if not self.params:
@@ -88,7 +115,13 @@ class Trainer:
         self.optimizer = AdamW(self.params, recipe.optimizer)
         self.step = 0
         self.data_position = 0
+        self.guard = StepGuard(recipe.train.max_bad_steps, recipe.train.spike_threshold)
 
+        if resume and not ckpt_lib.list_checkpoints(self.ckpt_root) and os.path.isfile(
+                os.path.join(self.run_dir, "config.yaml")):
+            # Killed before its first checkpoint: starting over is the exact resume.
+            self.log(f"--resume: {self.run_dir} has no checkpoint yet; starting it from step 0")
+            resume = False
         if resume:
             self._resume()
         else:
@@ -97,6 +130,37 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     # Set-up
+
+    def _check_strategy(self):
+        """Load `parallel.strategy` and check it against the processes msrun actually started."""
+        path = self.recipe.parallel.strategy
+        if not path:
+            if self.world > 1:
+                raise ConfigError(
+                    f"parallel.strategy: {self.world} msrun workers but no strategy; pass "
+                    "--set parallel.strategy=tiny_cpu_dp2 (or launch with `make launch`)"
+                )
+            return None
+        from parallel_strategies.strategy import load_strategy
+
+        try:
+            strategy = load_strategy(path)
+        except (ValueError, FileNotFoundError, OSError) as err:
+            raise ConfigError(f"parallel.strategy: {err}") from None
+        pc = strategy.parallel_config
+        if strategy.world_size != self.world:
+            raise ConfigError(
+                f"parallel.strategy: {path} is for {strategy.world_size} devices but {self.world} process(es) "
+                f"run; launch it with `make launch RECIPE=... STRATEGY={path}`"
+            )
+        sharded = {k: getattr(pc, k) for k in ("model_parallel", "pipeline_stage", "expert_parallel", "context_parallel")
+                   if getattr(pc, k) > 1}
+        if sharded and self.device != "Ascend":
+            raise ConfigError(
+                f"parallel.strategy: {path} uses {', '.join(f'{k}={v}' for k, v in sharded.items())}, which needs "
+                "MindSpore's semi-auto parallel on Ascend; on CPU use a data-parallel strategy (e.g. tiny_cpu_dp2)"
+            )
+        return strategy
 
     def _fit_vocab(self, model_cfg, tokenizer_vocab: int):
         """The model's vocabulary follows the tokenizer unless the recipe set it explicitly."""
@@ -112,7 +176,8 @@ class Trainer:
     def _fingerprint(self) -> dict:
         """The parts of the resolved config that must match for a resume to be exact."""
         cfg = to_dict(self.recipe, self.model_cfg)
-        for volatile in ("train.steps", "checkpoint", "run", "description", "train.eval_every", "train.log_every"):
+        for volatile in ("train.steps", "checkpoint", "run", "description", "train.eval_every", "train.log_every",
+                         "train.max_bad_steps", "train.spike_threshold"):
             node, *rest = volatile.split(".")
             if rest:
                 cfg[node].pop(rest[0], None)
@@ -147,10 +212,11 @@ class Trainer:
                 "pass --resume to continue it, or --set run.name=<new name> for a new run"
             )
         os.makedirs(self.run_dir, exist_ok=True)
-        for name in ("metrics.jsonl", "loss.png"):
-            if os.path.exists(os.path.join(self.run_dir, name)):
-                os.remove(os.path.join(self.run_dir, name))  # left by a run that never reached a checkpoint
-        dump_yaml(self.recipe, self.model_cfg, os.path.join(self.run_dir, "config.yaml"))
+        if self.is_main:
+            for name in ("metrics.jsonl", "loss.png"):
+                if os.path.exists(os.path.join(self.run_dir, name)):
+                    os.remove(os.path.join(self.run_dir, name))  # left by a run that never reached a checkpoint
+            dump_yaml(self.recipe, self.model_cfg, os.path.join(self.run_dir, "config.yaml"))
         if self.recipe.init_from:
             self._load_init(self.recipe.init_from)
         if frozen:
@@ -193,8 +259,10 @@ class Trainer:
         _assign(opt_params, opt_tensors)
         self.step = int(state["step"])
         self.data_position = int(state["data_position"])
-        _truncate_metrics(os.path.join(self.run_dir, "metrics.jsonl"), self.step)
-        dump_yaml(self.recipe, self.model_cfg, os.path.join(self.run_dir, "config.yaml"))
+        self.guard.load_state_dict(state.get("guard", {}))
+        if self.is_main:
+            _truncate_metrics(os.path.join(self.run_dir, "metrics.jsonl"), self.step)
+            dump_yaml(self.recipe, self.model_cfg, os.path.join(self.run_dir, "config.yaml"))
         self.log(f"resumed from {found.path} (step {self.step})")
 
     def _build_steps(self) -> None:
@@ -204,17 +272,29 @@ class Trainer:
 
         model, optimizer = self.model, self.optimizer
         clip = float(self.recipe.optimizer.grad_clip)
+        all_reduce = ops.AllReduce() if self.world > 1 else None  # sum over data-parallel ranks
 
-        def forward(input_ids, labels, loss_mask, position_ids, segment_ids, weight):
-            loss, metrics = model.loss(input_ids, labels, loss_mask, position_ids, segment_ids)
+        # The batch tensors are passed as varargs (*batch = self.batch_keys in order; 5 for text models,
+        # 14 for MindVL); ms.jit compiles varargs functions in GRAPH mode.
+        def forward(*args):
+            batch, weight = args[:-1], args[-1]
+            loss, metrics = model.loss(*batch)
             return loss * weight, loss, metrics
 
         grad_fn = ms.value_and_grad(forward, None, optimizer.params, has_aux=True)
 
-        def grad_step(input_ids, labels, loss_mask, position_ids, segment_ids, weight):
+        def grad_step(*args):  # (*batch, weight)
             # weight = this micro-batch's share of the step's targets, so that accumulated gradients
             # are those of the token-weighted mean loss over the whole global batch.
-            (_, loss, metrics), grads = grad_fn(input_ids, labels, loss_mask, position_ids, segment_ids, weight)
+            weight = args[-1]
+            (_, loss, metrics), grads = grad_fn(*args)
+            # Returned values are weighted by the share too and summed over ranks: the caller adds
+            # them up over micro-batches to get the global batch's token-weighted means.
+            loss = loss * weight
+            metrics = tuple([m * weight for m in metrics])
+            if all_reduce is not None:
+                loss = all_reduce(loss)
+                metrics = tuple([all_reduce(m) for m in metrics])
             return loss, metrics, grads
 
         def add_grads(acc, grads):
@@ -227,6 +307,8 @@ class Trainer:
             return ops.sqrt(total)
 
         def update_step(grads, lr):
+            if all_reduce is not None:
+                grads = tuple([all_reduce(g) for g in grads])
             norm = global_norm(grads)
             if clip > 0:
                 factor = ops.minimum(1.0, clip / (norm + 1e-6))
@@ -235,17 +317,53 @@ class Trainer:
             return norm
 
         def grad_norm(grads):
+            if all_reduce is not None:
+                grads = tuple([all_reduce(g) for g in grads])
             return global_norm(grads)
 
-        def eval_step(input_ids, labels, loss_mask, position_ids, segment_ids):
-            loss, _ = model.loss(input_ids, labels, loss_mask, position_ids, segment_ids)
+        def grad_sq_sum(grads):
+            # Finite iff every gradient on every rank is: the guard's check before an update. Only a
+            # scalar crosses ranks (grad_norm would all-reduce every gradient).
+            total = 0.0
+            for g in grads:
+                total = total + ops.reduce_sum(ops.square(g))
+            return all_reduce(total) if all_reduce is not None else total
+
+        def eval_step(*batch):
+            loss, _ = model.loss(*batch)
             return loss
 
+        def fused_step(*args):  # (*batch, weight, lr)
+            # grad_accum_steps == 1: forward+backward, the guard's finiteness check, clip and AdamW in
+            # ONE graph (no gradient tuple crossing graph boundaries, one host sync per step). Same
+            # numbers as grad_step + grad_sq_sum + update_step; a non-finite loss or gradient skips the
+            # update inside the graph, exactly like the host-side guard of the unfused path.
+            # (grad_fn is called directly: GRAPH mode does not resolve the varargs closure grad_step here)
+            weight, lr = args[-2], args[-1]
+            (_, loss, metrics), grads = grad_fn(*args[:-1])
+            loss = loss * weight
+            metrics = tuple([m * weight for m in metrics])
+            if all_reduce is not None:
+                loss = all_reduce(loss)
+                metrics = tuple([all_reduce(m) for m in metrics])
+                grads = tuple([all_reduce(g) for g in grads])
+            sq = 0.0
+            for g in grads:
+                sq = sq + ops.reduce_sum(ops.square(g))
+            norm = ops.sqrt(sq)
+            applied = ops.logical_and(ops.isfinite(loss), ops.isfinite(sq))
+            factor = ops.minimum(1.0, clip / (norm + 1e-6)) if clip > 0 else ops.ones((), ms.float32)
+            optimizer.update_if(applied, grads, lr, factor)
+            return loss, metrics, norm, applied
+
         jit = ms.jit if self.recipe.train.mode == "graph" else (lambda f: f)
+        self._fused = self.recipe.train.grad_accum_steps == 1
+        self._fused_step = jit(fused_step)
         self._grad_step = jit(grad_step)
         self._add_grads = jit(add_grads)
         self._update_step = jit(update_step)
         self._grad_norm = jit(grad_norm)
+        self._grad_sq_sum = jit(grad_sq_sum)
         self._eval_step = jit(eval_step)
 
     # ------------------------------------------------------------------------------------------
@@ -262,74 +380,111 @@ class Trainer:
         total = recipe.train.steps
         metrics_path = os.path.join(self.run_dir, "metrics.jsonl")
         batch_size = recipe.train.micro_batch_size
-        tokens_per_step = batch_size * recipe.train.grad_accum_steps * recipe.data.seq_length
-        stream = self.train_data.batches(batch_size, start=self.data_position, seed=recipe.train.seed)
+        tokens_per_step = batch_size * self.world * recipe.train.grad_accum_steps * recipe.data.seq_length
+        global_rows = batch_size * self.world
+        stream = self.train_data.batches(global_rows, start=self.data_position, seed=recipe.train.seed)
+        mine = slice(self.rank * batch_size, (self.rank + 1) * batch_size)
         first_loss = last_loss = float("nan")
         val_loss = None
-        bar = tqdm(total=total, initial=self.step, desc=recipe.run.name, unit="step", dynamic_ncols=True)
-        with open(metrics_path, "a") as metrics_file:
+        bar = tqdm(total=total, initial=self.step, desc=recipe.run.name, unit="step", dynamic_ncols=True,
+                   disable=not self.is_main)
+        with open(metrics_path if self.is_main else os.devnull, "a") as metrics_file:  # rank 0 logs
             while self.step < total:
                 t0 = time.perf_counter()
                 lr = learning_rate(self.step, total, recipe.optimizer, recipe.schedule)
                 micro_batches = [next(stream) for _ in range(recipe.train.grad_accum_steps)]
-                self.data_position += batch_size * len(micro_batches)
-                targets = np.array([b["loss_mask"].sum() for b in micro_batches], np.float64)
-                shares = targets / targets.sum() if targets.sum() > 0 else np.full(len(targets), 1 / len(targets))
-                loss_value, metric_values, grads = 0.0, np.zeros(len(self.metric_names)), None
-                for batch, share in zip(micro_batches, shares):
-                    inputs = [Tensor(batch[k]) for k in BATCH_KEYS] + [Tensor(share, ms.float32)]
-                    loss, metrics, micro_grads = self._grad_step(*inputs)
-                    grads = micro_grads if grads is None else self._add_grads(ms.mutable(grads), ms.mutable(micro_grads))
-                    loss_value += share * float(loss.asnumpy())
-                    metric_values += share * np.array([float(m.asnumpy()) for m in metrics])
-                if math.isfinite(loss_value):
-                    # mutable: a tuple argument is otherwise a compile-time constant and recompiles each call
-                    norm = float(self._update_step(ms.mutable(grads), Tensor(lr, ms.float32)).asnumpy())
-                else:
-                    norm = float(self._grad_norm(ms.mutable(grads)).asnumpy())
+                self.data_position += global_rows * len(micro_batches)
+                # Each (rank, micro-batch) slice weighs by its share of the global batch's targets.
+                shares = _target_shares([b["loss_mask"] for b in micro_batches], mine)
+                loss_value, metric_values, norm, applied = self.optimizer_step(micro_batches, shares, lr, mine)
                 self.step += 1
                 elapsed = time.perf_counter() - t0
                 record = {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": norm}
                 record.update({n: float(v) for n, v in zip(self.metric_names, metric_values)})
                 record["tokens"] = self.step * tokens_per_step
                 record["tokens_per_s"] = tokens_per_step / elapsed
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(
-                        f"step {self.step}: loss is {loss_value}; lower optimizer.lr or check the data "
-                        f"(last checkpoint: {self.ckpt_root})"
-                    )
-                if math.isnan(first_loss):
-                    first_loss = loss_value
-                last_loss = loss_value
+                guard_fields, warning = self.guard.observe(self.step, loss_value, norm, applied)
+                record.update(guard_fields)
+                if warning and self.is_main:
+                    bar.write(warning)
+                if applied:
+                    if math.isnan(first_loss):
+                        first_loss = loss_value
+                    last_loss = loss_value
                 evaluate = (recipe.train.eval_every and self.step % recipe.train.eval_every == 0) or self.step == total
                 if evaluate:
                     val_loss = self.evaluate()
                     record["val_loss"] = val_loss
+                    if "evaluate" in self.spec:  # the arch's own validation metrics (MindVL: accuracy)
+                        self.val_metrics = {k: float(v) for k, v in self.spec["evaluate"](self.model, self.val_data).items()}
+                        record.update(self.val_metrics)
+                        if self.is_main:
+                            bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in self.val_metrics.items()))
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
                 bar.update(1)
                 if self.step % recipe.train.log_every == 0 or self.step == total:
                     bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
                 every = recipe.checkpoint.every
+                saved = None
                 if (every and self.step % every == 0) or self.step == total:
-                    self.save_checkpoint()
+                    saved = self.save_checkpoint()
+                if self.guard.should_stop:
+                    saved = saved or self.save_checkpoint() or self.ckpt_root  # weights = last good step
+                    bar.close()
+                    raise TrainingDiverged(self.guard.stop_message(self.step, saved))
         bar.close()
-        plot_losses(metrics_path, os.path.join(self.run_dir, "loss.png"), title=recipe.run.name)
+        if self.is_main:
+            plot_losses(metrics_path, os.path.join(self.run_dir, "loss.png"), title=recipe.run.name)
         return RunResult(self.run_dir, self.step, first_loss, last_loss, val_loss)
 
-    def evaluate(self) -> float:
+    def optimizer_step(self, micro_batches, shares, lr: float, mine: slice = slice(None)):
+        """One optimiser step on `micro_batches` (this rank's rows `mine`, target `shares`).
+
+        Returns (loss, metric values, grad norm, applied) as host numbers; `applied` is False when the
+        guard skipped the update (non-finite loss or gradient). `make bench` times exactly this call.
+        """
+        import mindspore as ms
         from mindspore import Tensor
 
+        if self._fused and len(micro_batches) == 1:
+            inputs = [Tensor(micro_batches[0][k][mine]) for k in self.batch_keys]
+            loss, metrics, norm, applied = self._fused_step(
+                *inputs, Tensor(shares[0], ms.float32), Tensor(lr, ms.float32))
+            return (float(loss.asnumpy()), np.array([float(m.asnumpy()) for m in metrics]),
+                    float(norm.asnumpy()), bool(applied.asnumpy()))
+        loss_value, metric_values, grads = 0.0, np.zeros(len(self.metric_names)), None
+        for batch, share in zip(micro_batches, shares):
+            inputs = [Tensor(batch[k][mine]) for k in self.batch_keys] + [Tensor(share, ms.float32)]
+            loss, metrics, micro_grads = self._grad_step(*inputs)
+            grads = micro_grads if grads is None else self._add_grads(ms.mutable(grads), ms.mutable(micro_grads))
+            loss_value += float(loss.asnumpy())
+            metric_values += np.array([float(m.asnumpy()) for m in metrics])
+        # The guard: a non-finite loss or gradient skips the update (weights stay those of the
+        # last good step). mutable: a tuple argument is otherwise a compile-time constant.
+        applied = StepGuard.finite(loss_value) and StepGuard.finite(
+            float(self._grad_sq_sum(ms.mutable(grads)).asnumpy()))
+        if applied:
+            norm = float(self._update_step(ms.mutable(grads), Tensor(lr, ms.float32)).asnumpy())
+        else:
+            norm = float(self._grad_norm(ms.mutable(grads)).asnumpy())
+        return loss_value, metric_values, norm, applied
+
+    def evaluate(self) -> float:
         """Mean token loss over the first `train.eval_batches` batches of the validation split."""
+        from mindspore import Tensor
+
         total = count = 0.0
         for batch in self.val_data.eval_batches(self.recipe.train.micro_batch_size, self.recipe.train.eval_batches):
             targets = float(batch["loss_mask"].sum())
             if targets:
-                total += targets * float(self._eval_step(*(Tensor(batch[k]) for k in BATCH_KEYS)).asnumpy())
+                total += targets * float(self._eval_step(*(Tensor(batch[k]) for k in self.batch_keys)).asnumpy())
                 count += targets
         return total / max(count, 1.0)
 
-    def save_checkpoint(self) -> str:
+    def save_checkpoint(self) -> str | None:
+        if not self.is_main:  # data-parallel replicas are identical: rank 0 writes the checkpoint
+            return None
         model = {p.name: p.asnumpy() for p in self.model.get_parameters()}
         optimizer = (
             {p.name: p.asnumpy() for p in self.optimizer.state_parameters()}
@@ -340,8 +495,18 @@ class Trainer:
             "data_position": self.data_position,
             "seed": self.recipe.train.seed,
             "fingerprint": self.fingerprint,
+            "guard": self.guard.state_dict(),
         }
         return ckpt_lib.save(self.ckpt_root, self.step, model, optimizer, state, self.recipe.checkpoint.keep_last)
+
+
+def _target_shares(loss_masks: list[np.ndarray], mine: slice) -> np.ndarray:
+    """This rank's share of the global batch's targets, per micro-batch (sums to 1 over ranks)."""
+    total = sum(float(m.sum()) for m in loss_masks)
+    if total == 0:  # no targets at all: weigh slices equally so the step is still well defined
+        rows = sum(m.shape[0] for m in loss_masks)
+        return np.array([m[mine].shape[0] / rows for m in loss_masks])
+    return np.array([float(m[mine].sum()) / total for m in loss_masks])
 
 
 def _assign(params: dict, tensors: dict[str, np.ndarray]) -> None:
