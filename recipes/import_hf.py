@@ -1,0 +1,68 @@
+"""Import a serving-layout (Hub) directory as a checkpoint of ours:
+`python -m recipes.import_hf HF_DIR --out DIR [--overwrite]`.
+
+The weights go through `recipes.export.import_hf` (config.json -> our config dataclass, convert.from_hf,
+strict about missing / unexpected / mis-shaped tensors) and are written as a run-like directory
+(recipes.weights): DIR/config.yaml (model: arch + every config field; data.tokenizer_model: the copied
+tokenizer.model when the export has one) + DIR/checkpoints/step_00000000/. Use DIR as `init_from` of a
+recipe, or with recipes.evaluate / recipes.export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import sys
+
+os.environ.setdefault("GLOG_v", "3")
+
+from recipes import weights  # noqa: E402
+from recipes.export import arch_of_config, import_hf  # noqa: E402
+
+
+def import_to_run(hf_dir: str, out: str, overwrite: bool = False, log=print) -> str:
+    """Write HF_DIR's weights as OUT/checkpoints/step_00000000 (+ OUT/config.yaml); return the step dir."""
+    import yaml
+
+    from recipes.config import resolve
+
+    weights.prepare_out(out, overwrite, create=False)
+    cfg, state = import_hf(hf_dir)
+    arch = arch_of_config(cfg)
+    weights.prepare_out(out, overwrite)
+    raw = {"description": f"imported from {os.path.abspath(hf_dir)}",
+           "model": {"arch": arch, "preset": "tiny", **dataclasses.asdict(cfg)},
+           "run": {"root": os.path.dirname(os.path.abspath(out)), "name": os.path.basename(os.path.normpath(out))}}
+    tokenizer = os.path.join(hf_dir, "tokenizer.model")
+    if os.path.isfile(tokenizer):
+        shutil.copyfile(tokenizer, os.path.join(out, "tokenizer.model"))
+        raw["data"] = {"tokenizer_model": os.path.abspath(os.path.join(out, "tokenizer.model"))}
+    resolve(dict(raw))  # the written config must load back
+    with open(os.path.join(out, "config.yaml"), "w") as f:
+        yaml.safe_dump(raw, f, sort_keys=False)
+    path = weights.write_run_checkpoint(out, 0, state, {"imported_from": os.path.abspath(hf_dir)}, None)
+    log(f"imported {arch} ({len(state)} tensors) from {hf_dir} -> {path}")
+    return path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m recipes.import_hf", description=__doc__.splitlines()[0])
+    p.add_argument("path", help="serving-layout directory (config.json + safetensors)")
+    p.add_argument("--out", required=True, help="output run-like directory")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    args = p.parse_args(argv)
+    try:
+        import_to_run(args.path, args.out, args.overwrite)
+    except (ValueError, FileNotFoundError) as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,382 @@
+"""Serving export and import: MODELS.md layouts (names, shapes, config keys), shards + index, bf16 bits,
+exact export -> import round trips (tensors and logits), strict import errors, MINDIR, the CLI."""
+
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from pangu import registry
+from recipes import checkpoint as ck
+from recipes import export, safetensors_io
+from recipes.config import dump_yaml, load_recipe
+from recipes.data import DataConfig
+
+ARCHS = ("pangu_pro_moe", "pangu_ultra_moe")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return export.tokenizer_for(DataConfig())
+
+
+def tiny(arch, tok, **kw):
+    return registry.get_config(arch, "tiny", vocab_size=tok.vocab_size, **kw)
+
+
+def state_of(model):
+    return {n: p.asnumpy() for n, p in model.parameters_and_names()}
+
+
+def logits(model, seed=0, B=2, S=12):
+    from mindspore import Tensor
+
+    model.set_train(False)
+    ids = np.random.default_rng(seed).integers(0, model_vocab(model), (B, S)).astype(np.int32)
+    pos = np.tile(np.arange(S, dtype=np.int32), (B, 1))
+    seg = np.ones((B, S), np.int32)
+    seg[1, 8:] = 2  # a second document in row 1
+    pos[1, 8:] = np.arange(S - 8)
+    return model(Tensor(ids), Tensor(pos), Tensor(seg)).asnumpy()
+
+
+def model_vocab(model):
+    return dict(model.parameters_and_names())["model.embed_tokens.weight"].shape[0]
+
+
+def read_all(directory):
+    """{name: (dtype, shape)} of every tensor of every shard, read with the safetensors library."""
+    out = {}
+    for fname in sorted(f for f in os.listdir(directory) if f.endswith(".safetensors")):
+        with safe_open(os.path.join(directory, fname), framework="numpy") as f:
+            for name in f.keys():
+                sl = f.get_slice(name)
+                assert name not in out, f"{name} in two shards"
+                out[name] = (sl.get_dtype(), tuple(sl.get_shape()))
+    return out
+
+
+# ------------------------------------------------------------------ expected layouts from MODELS.md
+def expected_pro(c):
+    H, V, E, I, Is = c.hidden_size, c.vocab_size, c.num_experts, c.moe_intermediate_size, c.shared_expert_intermediate_size
+    q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+    names = {"model.embed_tokens.weight": (V, H), "model.norm.weight": (H,), "lm_head.weight": (V, H)}
+    for n in range(c.num_hidden_layers):
+        p = f"model.layers.{n}."
+        names.update({p + "input_layernorm.weight": (H,), p + "post_attention_layernorm.weight": (H,),
+                      p + "self_attn.q_proj.weight": (q, H), p + "self_attn.q_proj.bias": (q,),
+                      p + "self_attn.k_proj.weight": (kv, H), p + "self_attn.k_proj.bias": (kv,),
+                      p + "self_attn.v_proj.weight": (kv, H), p + "self_attn.v_proj.bias": (kv,),
+                      p + "self_attn.o_proj.weight": (H, q), p + "self_attn.o_proj.bias": (H,),
+                      p + "mlp.gate.weight": (E, H), p + "mlp.router_scale": (1, E),
+                      p + "mlp.shared_expert.gate_proj.weight": (Is, H), p + "mlp.shared_expert.up_proj.weight": (Is, H),
+                      p + "mlp.shared_expert.down_proj.weight": (H, Is)})
+        for e in range(E):
+            names.update({p + f"mlp.experts.{e}.gate_proj.weight": (I, H), p + f"mlp.experts.{e}.up_proj.weight": (I, H),
+                          p + f"mlp.experts.{e}.down_proj.weight": (H, I)})
+    return names
+
+
+def expected_ultra(c):
+    H, V, E, I, F, N = (c.hidden_size, c.vocab_size, c.num_routed_experts, c.moe_intermediate_size,
+                        c.intermediate_size, c.num_attention_heads)
+    names = {"model.embed_tokens.weight": (V, H), "model.norm.weight": (H,), "lm_head.weight": (V, H)}
+    L = c.num_hidden_layers
+    for n in range(L + c.num_mtp_layers):  # MTP layers are stored as model.layers.{L+i}
+        p = f"model.layers.{n}."
+        names.update({p + "input_layernorm.weight": (H,), p + "post_attention_layernorm.weight": (H,),
+                      p + "pre_mlp_layernorm.weight": (H,), p + "post_mlp_layernorm.weight": (H,),
+                      p + "self_attn.q_a_proj.weight": (c.attention_q_lora_dim, H),
+                      p + "self_attn.q_a_layernorm.weight": (c.attention_q_lora_dim,),
+                      p + "self_attn.q_b_proj.weight": (N * (c.attention_qk_dim + c.attention_qk_rope_dim),
+                                                        c.attention_q_lora_dim),
+                      p + "self_attn.kv_a_proj_with_mqa.weight": (c.attention_kv_lora_dim + c.attention_qk_rope_dim, H),
+                      p + "self_attn.kv_a_layernorm.weight": (c.attention_kv_lora_dim,),
+                      p + "self_attn.kv_b_proj.weight": (N * (c.attention_qk_dim + c.attention_v_dim),
+                                                         c.attention_kv_lora_dim),
+                      p + "self_attn.o_proj.weight": (H, N * c.attention_v_dim)})
+        if n < c.num_dense_layers:
+            names.update({p + "mlp.gate_proj.weight": (F, H), p + "mlp.up_proj.weight": (F, H),
+                          p + "mlp.down_proj.weight": (H, F)})
+        else:
+            names.update({p + "mlp.gate.weight": (E, H), p + "mlp.gate.e_score_correction_bias": (E,),
+                          p + "mlp.shared_experts.gate_proj.weight": (I, H),
+                          p + "mlp.shared_experts.up_proj.weight": (I, H),
+                          p + "mlp.shared_experts.down_proj.weight": (H, I)})
+            for e in range(E):
+                names.update({p + f"mlp.experts.{e}.gate_proj.weight": (I, H),
+                              p + f"mlp.experts.{e}.up_proj.weight": (I, H),
+                              p + f"mlp.experts.{e}.down_proj.weight": (H, I)})
+        if n >= L:
+            names.update({p + "enorm.weight": (H,), p + "hnorm.weight": (H,), p + "eh_proj.weight": (H, 2 * H),
+                          p + "shared_head.norm.weight": (H,), p + "shared_head.head.weight": (V, H),
+                          p + "embed_tokens.weight": (V, H)})
+    return names
+
+
+EXPECTED = {"pangu_pro_moe": expected_pro, "pangu_ultra_moe": expected_ultra}
+
+
+# --------------------------------------------------------------------------------------- round trip
+@pytest.mark.parametrize("arch", ARCHS)
+def test_export_import_round_trip_is_exact(arch, tokenizer, tmp_path):
+    cfg = tiny(arch, tokenizer)
+    model = registry.build_model(cfg, seed=11)
+    want = logits(model)
+    out = str(tmp_path / "hf")
+    index = export.export_state(cfg, state_of(model), out, tokenizer, "fp32", "40KB", log=lambda *_: None)
+
+    # exactly the MODELS.md names and [out, in] shapes, all F32, readable by the safetensors library
+    found = read_all(out)
+    expected = EXPECTED[arch](cfg)
+    assert sorted(found) == sorted(expected)
+    assert {n: s for n, (_, s) in found.items()} == expected
+    assert {d for d, _ in found.values()} == {"F32"}
+
+    # several shards, index consistent with them
+    shards = sorted(f for f in os.listdir(out) if f.endswith(".safetensors"))
+    n = len(shards)
+    assert n > 1 and shards == [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+    with open(os.path.join(out, export.INDEX_FILE)) as f:
+        assert json.load(f) == index
+    assert set(index["weight_map"]) == set(expected)
+    total = 0
+    for fname in shards:
+        header = safetensors_io.read_header(os.path.join(out, fname))
+        assert header.pop("__metadata__") == {"format": "pt"}
+        assert {k for k, v in index["weight_map"].items() if v == fname} == set(header)
+        total += sum(m["data_offsets"][1] - m["data_offsets"][0] for m in header.values())
+    assert index["metadata"]["total_size"] == total == 4 * sum(int(np.prod(s)) for s in expected.values())
+
+    # import into a fresh model: identical tensors and identical logits
+    cfg2, state2 = export.import_hf(out)
+    assert cfg2 == cfg
+    ours = state_of(model)
+    assert sorted(state2) == sorted(ours)
+    for name, value in ours.items():
+        np.testing.assert_array_equal(state2[name], value, err_msg=name)
+    _, model2 = export.import_hf(out, return_model=True)
+    np.testing.assert_array_equal(logits(model2), want)
+
+
+def test_config_and_tokenizer_files(tokenizer, tmp_path):
+    for arch in ARCHS:
+        cfg = tiny(arch, tokenizer)
+        out = str(tmp_path / arch)
+        export.export_state(cfg, state_of(registry.build_model(cfg, seed=0)), out, tokenizer, log=lambda *_: None)
+        with open(os.path.join(out, "config.json")) as f:
+            conf = json.load(f)
+        assert conf["torch_dtype"] == "float32"
+        assert (conf["bos_token_id"], conf["eos_token_id"], conf["pad_token_id"]) == (2, 3, 0)
+        if arch == "pangu_pro_moe":
+            assert conf["architectures"] == ["PanguProMoEForCausalLM"] and conf["model_type"] == "PanguProMoE"
+            keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                    "rms_norm_eps", "rope_theta", "moe_intermediate_size", "shared_expert_intermediate_size",
+                    "num_experts", "num_experts_per_tok", "router_aux_loss_coef", "tie_word_embeddings")
+        else:
+            assert conf["architectures"] == ["PanguUltraMoEForCausalLM"] and conf["model_type"] == "pangu_ultra_moe"
+            assert conf["sandwich_norm"] is True and conf["num_nextn_predict_layers"] == cfg.num_mtp_layers
+            keys = ("attention_q_lora_dim", "attention_kv_lora_dim", "attention_qk_dim", "attention_qk_rope_dim",
+                    "attention_v_dim", "num_routed_experts", "num_shared_experts", "num_dense_layers",
+                    "num_mtp_layers", "routed_scaling_factor", "norm_topk_prob")
+        for key in keys:
+            assert conf[key] == getattr(cfg, key), key
+    with open(tokenizer.model_path, "rb") as a, open(os.path.join(out, "tokenizer.model"), "rb") as b:
+        assert a.read() == b.read()
+    with open(os.path.join(out, "tokenizer_config.json")) as f:
+        tc = json.load(f)
+    assert (tc["bos_token"], tc["eos_token"], tc["pad_token"], tc["unk_token"]) == ("<bos>", "<eod>", "<pad>", "<unk>")
+    assert tc["additional_special_tokens"] == ["<|user|>", "<|assistant|>"]
+    assert tc["added_tokens_decoder"]["4"]["content"] == "<|user|>" and tc["add_bos_token"] is False
+    with open(os.path.join(out, "generation_config.json")) as f:
+        assert json.load(f) == {"bos_token_id": 2, "eos_token_id": [3, 4], "pad_token_id": 0, "do_sample": False}
+
+
+# --------------------------------------------------------------------------------------------- bf16
+def bf16_reference(x):
+    """Independent RNE: pick the nearer of the two bf16 neighbours (ties: even mantissa), via float64."""
+    x = np.asarray(x, np.float32)
+    lo = (x.view(np.uint32) >> 16).astype(np.uint16)
+    hi = lo + np.uint16(1)
+    f_lo = safetensors_io.bf16_bits_to_fp32(lo).astype(np.float64)
+    f_hi = safetensors_io.bf16_bits_to_fp32(hi).astype(np.float64)
+    d_lo, d_hi = np.abs(x - f_lo), np.abs(f_hi - x)
+    return np.where((d_hi < d_lo) | ((d_hi == d_lo) & (lo % 2 == 1)), hi, lo)
+
+
+def test_bf16_rounding_bits():
+    bits = np.array([0x3F808000, 0x3F818000, 0x3F808001, 0x3F807FFF, 0x7F7FFFFF, 0xFF7FFFFF, 0x00000001,
+                     0x80000000, 0x7F800000, 0xFF800000], np.uint32)
+    x = bits.view(np.float32)
+    got = safetensors_io.fp32_to_bf16_bits(x)
+    assert list(got) == [0x3F80, 0x3F82, 0x3F81, 0x3F80, 0x7F80, 0xFF80, 0x0000, 0x8000, 0x7F80, 0xFF80]
+    nan = safetensors_io.fp32_to_bf16_bits(np.array([np.nan, -np.nan], np.float32))
+    assert np.isnan(safetensors_io.bf16_bits_to_fp32(nan)).all()
+    r = (np.random.default_rng(0).standard_normal(20000) * 10.0 ** np.random.default_rng(1).integers(-40, 38, 20000))
+    r = r.astype(np.float32)  # normals, subnormals and zeros of float32
+    finite = np.isfinite(r) & (np.abs(r) < 3e38)
+    np.testing.assert_array_equal(safetensors_io.fp32_to_bf16_bits(r[finite]), bf16_reference(r[finite]))
+
+
+def test_bf16_export_header_and_values(tokenizer, tmp_path):
+    cfg = tiny("pangu_pro_moe", tokenizer)
+    state = state_of(registry.build_model(cfg, seed=5))
+    out = str(tmp_path / "bf16")
+    export.export_state(cfg, state, out, tokenizer, "bf16", "1GB", log=lambda *_: None)
+    assert sorted(f for f in os.listdir(out) if f.endswith(".safetensors")) == ["model-00001-of-00001.safetensors"]
+    path = os.path.join(out, "model-00001-of-00001.safetensors")
+    header = safetensors_io.read_header(path)
+    header.pop("__metadata__")
+    (n,) = struct.unpack("<Q", open(path, "rb").read(8))
+    assert n % 8 == 0
+    ends = sorted((m["data_offsets"] for m in header.values()))
+    assert ends[0][0] == 0 and all(a[1] == b[0] for a, b in zip(ends, ends[1:]))  # contiguous
+    assert os.path.getsize(path) == 8 + n + ends[-1][1]
+    for name, meta in header.items():
+        assert meta["dtype"] == "BF16" and meta["data_offsets"][1] - meta["data_offsets"][0] == 2 * np.prod(meta["shape"])
+    with safe_open(path, framework="numpy") as f:  # the library parses it; numpy itself has no bfloat16
+        sl = f.get_slice("model.layers.0.mlp.gate.weight")
+        assert sl.get_dtype() == "BF16" and sl.get_shape() == [cfg.num_experts, cfg.hidden_size]
+    with open(os.path.join(out, "config.json")) as f:
+        assert json.load(f)["torch_dtype"] == "bfloat16"
+    cfg2, back = export.import_hf(out)
+    from pangu.pro_moe import convert
+
+    hf = convert.to_hf(state)
+    reader = safetensors_io.Reader(path)
+    for name, value in hf.items():  # stored bits = RNE(fp32); import gives them back as fp32
+        np.testing.assert_array_equal(safetensors_io.fp32_to_bf16_bits(reader.get(name)), bf16_reference(value))
+        assert np.max(np.abs(reader.get(name) - value)) <= np.max(np.abs(value)) * 2.0 ** -8
+    assert sorted(back) == sorted(state)
+
+
+# -------------------------------------------------------------------------------- strict import
+def _rewrite(out, edit):
+    """Apply edit(dict) to the single shard's tensors and rewrite shard + index."""
+    fname = "model-00001-of-00001.safetensors"
+    reader = safetensors_io.Reader(os.path.join(out, fname))
+    tensors = {n: reader.get(n) for n in reader.names()}
+    edit(tensors)
+    safetensors_io.write(os.path.join(out, fname), tensors, metadata={"format": "pt"})
+    with open(os.path.join(out, export.INDEX_FILE), "w") as f:
+        json.dump({"metadata": {"total_size": 0}, "weight_map": {n: fname for n in tensors}}, f)
+
+
+def test_import_is_strict(tokenizer, tmp_path):
+    cfg = tiny("pangu_ultra_moe", tokenizer)
+    state = state_of(registry.build_model(cfg, seed=0))
+    cases = [
+        (lambda t: t.pop("model.layers.2.mlp.experts.3.up_proj.weight"),
+         "missing tensor model.layers.2.mlp.experts.3.up_proj.weight"),
+        (lambda t: t.update({"model.layers.1.mlp.extra.weight": np.zeros(2, np.float32)}),
+         "unexpected tensor model.layers.1.mlp.extra.weight"),
+        (lambda t: t.update({"model.layers.0.self_attn.o_proj.weight": np.zeros((64, 63), np.float32)}),
+         "tensor model.layers.0.self_attn.o_proj.weight has shape (64, 63), config.json implies (64, 64)"),
+        (lambda t: t.pop("model.layers.3.eh_proj.weight"), "missing tensor model.layers.3.eh_proj.weight"),
+    ]
+    for i, (edit, message) in enumerate(cases):
+        out = str(tmp_path / f"case{i}")
+        export.export_state(cfg, state, out, None, log=lambda *_: None)
+        _rewrite(out, edit)
+        with pytest.raises(ValueError) as err:
+            export.import_hf(out)
+        assert message in str(err.value) and "\n" not in str(err.value)
+    out = str(tmp_path / "bad_index")
+    export.export_state(cfg, state, out, None, "fp32", "50KB", log=lambda *_: None)
+    with open(os.path.join(out, export.INDEX_FILE)) as f:
+        index = json.load(f)
+    index["weight_map"]["lm_head.weight"] = "model-00001-of-00099.safetensors"
+    with open(os.path.join(out, export.INDEX_FILE), "w") as f:
+        json.dump(index, f)
+    with pytest.raises(ValueError, match="shard model-00001-of-00099.safetensors is missing"):
+        export.import_hf(out)
+
+
+# ------------------------------------------------------------------------------------ MINDIR + CLI
+def make_run(tmp_path, tokenizer, arch="pangu_pro_moe", name="run"):
+    """A run directory as recipes.run leaves it (config.yaml + one checkpoint), without training."""
+    recipe, _ = load_recipe(f"recipes/{arch}/pretrain_tiny.yaml", [f"run.root={tmp_path}", f"run.name={name}"])
+    cfg = tiny(arch, tokenizer)
+    run = tmp_path / name
+    os.makedirs(run)
+    dump_yaml(recipe, cfg, str(run / "config.yaml"))
+    model = registry.build_model(cfg, seed=2)
+    ck.save(str(run / "checkpoints"), 7, state_of(model), None, {"step": 7}, keep_last=2)
+    return str(run), cfg, model
+
+
+def test_cli_and_mindir(tokenizer, tmp_path, capsys):
+    import mindspore as ms
+    from mindspore import Tensor, nn
+
+    run, cfg, model = make_run(tmp_path, tokenizer)
+    out = str(tmp_path / "hf")
+    assert export.main([run, "--out", out, "--mindir", "--mindir-seq-len", "16"]) == 0
+    assert "exported pangu_pro_moe" in capsys.readouterr().out
+    assert sorted(os.listdir(out)) == ["config.json", "generation_config.json", "model-00001-of-00001.safetensors",
+                                       "model.mindir", "model.safetensors.index.json", "special_tokens_map.json",
+                                       "tokenizer.model", "tokenizer_config.json"]
+    graph = nn.GraphCell(ms.load(os.path.join(out, "model.mindir")))
+    ids = np.random.default_rng(3).integers(0, cfg.vocab_size, (1, 16)).astype(np.int32)
+    pos, seg = np.arange(16, dtype=np.int32)[None], np.ones((1, 16), np.int32)
+    portable = export.portable_config(cfg)
+    assert portable.attention_impl == "reference" and portable.expert_impl == cfg.expert_impl
+    ref = registry.build_model(portable, seed=0)
+    for name, p in ref.parameters_and_names():
+        p.set_data(dict(model.parameters_and_names())[name].data)
+    ref.set_train(False)
+    want = ref(Tensor(ids), Tensor(pos), Tensor(seg)).asnumpy()
+    np.testing.assert_array_equal(graph(Tensor(ids), Tensor(pos), Tensor(seg)).asnumpy(), want)
+
+    assert export.main([run, "--out", out]) == 2  # not empty
+    assert capsys.readouterr().err.startswith(f"error: --out: {out} is not empty")
+    assert export.main([str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+    assert export.main([run, "--out", str(tmp_path / "y"), "--shard-size", "lots"]) == 2
+    err = capsys.readouterr().err
+    assert "--shard-size: cannot parse 'lots'" in err and err.count("\n") == 2
+
+
+def test_import_to_run_then_export_again_is_identical(tokenizer, tmp_path):
+    """Hub dir -> our run-like directory (init_from-able) -> Hub dir again: byte-identical weights."""
+    from recipes import import_hf, weights
+
+    run, cfg, model = make_run(tmp_path, tokenizer, "pangu_ultra_moe")
+    first, second, ours = str(tmp_path / "hf1"), str(tmp_path / "hf2"), str(tmp_path / "ours")
+    export.export_run(run, first, shard_size="200KB", log=lambda *_: None)
+    step_dir = import_hf.import_to_run(first, ours, log=lambda *_: None)
+    assert ck.resolve_init_from(ours) == step_dir
+    recipe, cfg2 = weights.load_run_config(ours)
+    assert cfg2 == cfg and recipe.data.tokenizer_model == os.path.join(ours, "tokenizer.model")
+    export.export_run(ours, second, shard_size="200KB", log=lambda *_: None)
+    names = sorted(os.listdir(first))
+    assert names == sorted(os.listdir(second))
+    for name in names:
+        with open(os.path.join(first, name), "rb") as a, open(os.path.join(second, name), "rb") as b:
+            assert a.read() == b.read(), name
+
+
+def test_mindvl_export_import_tensors(tmp_path):
+    """MindVL (Qwen2.5-VL layout) through the same sharded writer; tensors come back exactly."""
+    pytest.importorskip("mindvl.convert")
+    from mindvl.config import PRESETS
+
+    cfg = PRESETS["tiny"]()
+    ad = export.adapter("mindvl")
+    model = ad.build_model(cfg, 1)
+    state = state_of(model)
+    out = str(tmp_path / "vl")
+    export.export_state(cfg, state, out, None, "fp32", "100KB", log=lambda *_: None)
+    found = read_all(out)
+    assert found["visual.patch_embed.proj.weight"][1] == (cfg.vision_config.hidden_size, 3, 2, 14, 14)
+    assert "model.layers.0.mlp.experts.3.up_proj.weight" in found and "lm_head.weight" in found
+    with open(os.path.join(out, "config.json")) as f:
+        conf = json.load(f)
+    assert conf["model_type"] == "qwen2_5_vl" and conf["architectures"] == ["Qwen2_5_VLForConditionalGeneration"]
+    cfg2, back = export.import_hf(out)
+    assert cfg2.text_config() == cfg.text_config() and cfg2.vision_config.depth == cfg.vision_config.depth
+    assert sorted(back) == sorted(state)
+    for name, value in state.items():
+        np.testing.assert_array_equal(back[name], value, err_msg=name)
