@@ -235,7 +235,6 @@ def assign_pipeline_stages(net, st: Strategy, shape: ModelShape) -> int:
 def apply_to_network(net, st: Strategy, cfg: Any):
     """Ascend path: wrap `net` in `AutoParallel` with this strategy's pipeline / optimizer settings,
     stage assignment and per-parameter layouts. Needs an initialised communication group."""
-    import mindspore as ms
     from mindspore.parallel.auto_parallel import AutoParallel
     shape = model_shape(cfg)
     pc = st.parallel_config

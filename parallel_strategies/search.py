@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator
 
 from .shape import model_shape
 from .simulate import Result, simulate
@@ -63,12 +63,16 @@ def search(cfg: Any, model: dict, hw: Hardware, nodes: int, top: int = 10, **kw)
     ranked: list[tuple[Result, Strategy]] = []
     n = 0
     for st in candidates(cfg, model, hw, nodes, **kw):
+        try:
+            results = []
+            for rc in RECOMPUTE_POLICIES:
+                st.recompute = rc
+                results.append(simulate(st, cfg, hw, check=False))
+                if results[-1].fits:
+                    ranked.append((results[-1], st))
+                    break
+        except ValueError:  # a parameter the layout cannot split evenly (e.g. ViT FFN 3420 over TP8)
+            continue
         n += 1
-        for rc in RECOMPUTE_POLICIES:
-            st.recompute = rc
-            r = simulate(st, cfg, hw, check=False)
-            if r.fits:
-                ranked.append((r, st))
-                break
     ranked.sort(key=lambda x: -x[0].mfu)
     return ranked[:top], n

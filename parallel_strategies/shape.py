@@ -11,7 +11,7 @@ import dataclasses
 import importlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 
@@ -103,6 +103,8 @@ def model_shape(cfg: Any) -> ModelShape:
     vision = None
     vcfg = _get(cfg, "vision_config")
     text = _get(cfg, "text_config", default=cfg)
+    if callable(text):  # MindVLConfig.text_config(): the decoder's own config dataclass
+        text = text()
     if vcfg is not None:
         vision = VisionShape(
             depth=int(_get(vcfg, "depth", "num_hidden_layers")),

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Optional
 
 from .apply import parameter_layouts
 from .shape import ModelShape, _layer_params, model_shape
-from .strategy import Hardware, Strategy, layer_slots, load_hardware, validate_structure
+from .strategy import Hardware, Strategy, load_hardware, validate_structure
 
 BF16 = 2
 
@@ -325,7 +324,6 @@ def _stage_param_bytes(st: Strategy, s: ModelShape) -> list[dict]:
     pc = st.parallel_config
     pp = pc.pipeline_stage
     out = [dict(n=0.0, n_sharded=0.0, grad_sync=[]) for _ in range(pp)]
-    owners = pc.expert_parallel * (pc.model_parallel if pc.moe_tp_extend_ep else 1)
 
     def add(summary, times, stage):
         d = out[stage]
@@ -377,8 +375,6 @@ def _cached_summary(s, key, kind, names, st, stage=None):
 
 def _all_but_layers(s: ModelShape):
     from .shape import parameter_shapes
-    import re
-    rx = re.compile(r"^model\.layers\.(\d+)\.")
     for n, shp in parameter_shapes(_no_layers(s)):
         yield n, shp
     for j in range(s.num_mtp_layers):

@@ -2,7 +2,6 @@ import importlib
 import json
 import os
 
-import pytest
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 # strategy model (arch, preset) -> released config.json values (MODELS.md), used until the config classes land

@@ -1,16 +1,14 @@
-import copy
 import math
 import os
 
 import pytest
-import yaml
 
 from parallel_strategies.apply import auto_parallel_context, mindspore_layouts, parameter_layouts
 from parallel_strategies.launch import msrun_commands
 from parallel_strategies.search import search
 from parallel_strategies.shape import parameter_shapes
 from parallel_strategies.simulate import simulate
-from parallel_strategies.strategy import STRATEGY_DIR, load_hardware, load_strategy, strategy_from_dict
+from parallel_strategies.strategy import load_hardware, load_strategy
 
 from ps_helpers import config_for, fixture_config, registry_config
 
@@ -127,7 +125,7 @@ def test_msrun_command_single_node_printed_and_exact():
 
 
 def test_msrun_multi_node_hostfile(tmp_path):
-    st = load_strategy("mindvl_8b_512")
+    st = load_strategy("mindvl_512")
     hf = tmp_path / "hosts"
     hf.write_text("# 64 nodes\n" + "".join(f"node{i} slots=8\n" for i in range(64)))
     cmds = msrun_commands(st, "r.yaml", hostfile=str(hf), repo="/repo")

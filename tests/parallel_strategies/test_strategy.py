@@ -4,12 +4,10 @@ import os
 import pytest
 import yaml
 
-from parallel_strategies.shape import model_shape
 from parallel_strategies.simulate import check_memory
-from parallel_strategies.strategy import STRATEGY_DIR, load_hardware, load_strategy, strategy_from_dict, \
-    validate_structure
+from parallel_strategies.strategy import STRATEGY_DIR, load_hardware, load_strategy, strategy_from_dict
 
-from ps_helpers import config_for, fixture_config
+from ps_helpers import config_for
 
 SHIPPED = sorted(f[:-5] for f in os.listdir(STRATEGY_DIR) if f.endswith(".yaml"))
 
@@ -27,7 +25,7 @@ def test_shipped_strategies_validate_and_fit(name):
 
 
 def test_required_strategy_files_exist():
-    for n in ("pangu_pro_moe_4k_baseline", "pangu_pro_moe_4k_optimised", "pangu_ultra_moe_6k", "mindvl_8b_512",
+    for n in ("pangu_pro_moe_4k_baseline", "pangu_pro_moe_4k_optimised", "pangu_ultra_moe_6k", "mindvl_512",
               "tiny_cpu_dp2"):
         assert n in SHIPPED
     opt = load_strategy("pangu_pro_moe_4k_optimised")
