@@ -18,7 +18,7 @@ $(VENV)/.installed: requirements.txt
 	@touch $@
 
 setup: $(VENV)/.installed
-	@$(PY) -m ops.attention.build >/dev/null || echo "warning: FastAttention CPU kernel not built; attention falls back to the reference"
+	@$(PY) -m ops._build >/dev/null || echo "warning: some CPU op kernels (ops/*/csrc) not built; those ops fall back to their references"
 
 train: setup
 	$(PY) -m recipes.run $(RECIPE) $(if $(strip $(SET)),--set "$(SET)") $(ARGS)
@@ -26,8 +26,8 @@ train: setup
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
-bench-ops: setup  ## FastAttention vs reference, 1K-16K tokens: time and peak memory ratios
-	$(PY) -m ops.attention.bench $(ARGS)
+bench-ops: setup  ## FastAttention vs reference (1K-16K tokens, time + memory), then every other op's fast path vs reference
+	$(PY) -m ops.attention.bench $(ARGS) && $(PY) -m ops.bench_ops
 
 clean:
 	rm -rf runs build .cache .pytest_cache
@@ -40,3 +40,25 @@ search: setup  ## rank strategies: make search MODEL=pangu_pro_moe DEVICES=4096 
 	$(PY) -m parallel_strategies search --model $(MODEL) --devices $(DEVICES) $(if $(HW),--hardware $(HW)) $(if $(BATCH_TOKENS),--batch-tokens $(BATCH_TOKENS))
 launch: setup  ## msrun a recipe: make launch RECIPE=... STRATEGY=... [ARGS="--hostfile hosts --dry-run"]
 	$(PY) -m parallel_strategies launch --recipe $(RECIPE) --strategy $(STRATEGY) $(ARGS)
+
+.PHONY: export average
+export: setup  ## serving layout (docs/export.md): make export RUN=runs/<name> [OUT=exports/<name>] [ARGS="--dtype bf16 --mindir"]
+	$(PY) -m recipes.export $(RUN) --out $(or $(OUT),exports/$(notdir $(RUN))) $(ARGS)
+average: setup  ## weight averaging: make average RUN=runs/<name> [LAST=3 METHOD=ema ARGS="--decay 0.9"] [OUT=runs/<name>-avg]; grouped: ARGS="--base C --group 0.5:C1,C2"
+	$(PY) -m recipes.average --out $(or $(OUT),$(RUN)-avg) $(if $(RUN),--run $(RUN) --last $(or $(LAST),3)) $(if $(METHOD),--method $(METHOD)) $(ARGS)
+
+.PHONY: pipeline eval generate
+pipeline: setup  ## staged recipes end to end: make pipeline MODEL=pangu_pro_moe|pangu_ultra_moe|mindvl [ARGS="--limit 64"]
+	$(PY) -m recipes.pipeline recipes/$(MODEL)/pipeline.yaml $(ARGS)
+eval: setup  ## greedy exact match on held-out prompts: make eval RUN=runs/pro_sft [ARGS="--limit 100"]
+	$(PY) -m recipes.evaluate $(RUN) $(ARGS)
+generate: setup  ## make generate RUN=runs/pro_sft PROMPT="copy: a b c ->" [ARGS="--temperature 0.8 --top-p 0.9"]
+	$(PY) -m recipes.generate $(RUN) --prompt "$(PROMPT)" $(ARGS)
+
+.PHONY: chaos
+chaos: setup  ## SIGKILL the tiny recipe at random points, resume, compare bitwise: make chaos [ARGS="--kills 10 --seed 0"]
+	$(PY) -m recipes.chaos $(if $(strip $(ARGS)),$(ARGS),--kills 10 --seed 0)
+
+.PHONY: bench
+bench: setup  ## train-step time, tokens/s, MFU on CPU, MoE vs dense, data throughput -> docs/benchmarks.md: make bench [ARGS="--label x --steps 10"]
+	$(PY) -m recipes.bench $(ARGS)
