@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mindvl import layout
-from mindvl.processor import IMAGE_PLACEHOLDER, ByteTokenizer, ImageProcessor, load_image, render_conversation
+from mindvl.processor import IMAGE_PLACEHOLDER, ImageProcessor, load_image, render_conversation
 
 # ---------------------------------------------------------------------------------------------
 # Synthetic tasks

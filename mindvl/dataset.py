@@ -11,7 +11,7 @@ collation (the synthetic generator and JSONL images are deterministic), so a spl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 

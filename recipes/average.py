@@ -32,6 +32,7 @@ import numpy as np
 os.environ.setdefault("GLOG_v", "3")
 
 from recipes import safetensors_io, weights  # noqa: E402
+from recipes.cli import run_command
 
 METHODS = ("uniform", "ema", "grouped")
 STATS: Counter = Counter()  # "open": checkpoints open now, "peak_open", "opened": total opens
@@ -234,7 +235,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
+
+    def body():
         spec = _load_spec(args.spec) if args.spec else {}
         groups = [parse_group(g) for g in args.group] or spec.get("groups")
         base = args.base or spec.get("base")
@@ -242,12 +244,8 @@ def main(argv=None) -> int:
         average(args.out, method, args.checkpoints or spec.get("checkpoints"), args.run or spec.get("run"),
                 args.last if args.last is not None else spec.get("last"),
                 args.decay if args.decay is not None else spec.get("decay"), base, groups, args.overwrite)
-    except (ValueError, FileNotFoundError) as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(body, args.debug)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ softmax and the optimiser are not counted (standard "model FLOPs").
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import os

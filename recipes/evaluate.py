@@ -16,6 +16,7 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Sequence
+from recipes.cli import run_command
 
 os.environ.setdefault("GLOG_v", "3")
 
@@ -143,25 +144,22 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
+
+    def body():
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit: {args.limit} must be >= 1")
         run = load_run(args.path)
         result = evaluate(run, args.split, args.limit, args.batch_size, args.max_new_tokens)
-    except (ValueError, FileNotFoundError) as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    out = os.path.join(run.run_dir, "eval.json")
-    with open(out + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(out + ".tmp", out)
-    for task, r in result["per_task"].items():
-        print(f"{task:>10}: {r['correct']:4d}/{r['n']:<4d} = {r['accuracy']:.3f}")
-    print(f"{'overall':>10}: {result['num_correct']:4d}/{result['num_examples']:<4d} = {result['accuracy']:.3f} "
-          f"({args.split}, step {run.step}); wrote {out}")
-    return 0
+        out = os.path.join(run.run_dir, "eval.json")
+        with open(out + ".tmp", "w") as f:
+            json.dump(result, f, indent=1)
+        os.replace(out + ".tmp", out)
+        for task, r in result["per_task"].items():
+            print(f"{task:>10}: {r['correct']:4d}/{r['n']:<4d} = {r['accuracy']:.3f}")
+        print(f"{'overall':>10}: {result['num_correct']:4d}/{result['num_examples']:<4d} = {result['accuracy']:.3f} "
+              f"({args.split}, step {run.step}); wrote {out}")
+
+    return run_command(body, args.debug)
 
 
 if __name__ == "__main__":

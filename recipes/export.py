@@ -40,6 +40,7 @@ import numpy as np
 os.environ.setdefault("GLOG_v", "3")
 
 from recipes import safetensors_io, weights  # noqa: E402
+from recipes.cli import run_command
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -470,14 +471,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
+
+    def body():
         export_run(args.path, args.out, args.dtype, args.shard_size, args.mindir, args.mindir_seq_len, args.overwrite)
-    except (ValueError, FileNotFoundError) as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(body, args.debug)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from recipes.cli import run_command
 
 os.environ.setdefault("GLOG_v", "3")
 
@@ -30,7 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
+
+    def body():
         from pangu.generate import generate
         from recipes.data import render
         from recipes.data.tokenizer import ASSISTANT_TOKEN
@@ -42,13 +44,9 @@ def main(argv=None) -> int:
         tok = run.tokenizer
         (new,) = generate(run.model, [tok.encode(text)], args.max_new_tokens, stop_ids=stop_ids(tok),
                           temperature=args.temperature, top_p=args.top_p, seed=args.seed, pad_id=tok.pad_id)
-    except (ValueError, FileNotFoundError) as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(tok.decode(new))
-    return 0
+        print(tok.decode(new))
+
+    return run_command(body, args.debug)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ os.environ.setdefault("GLOG_v", "3")
 
 from recipes import weights  # noqa: E402
 from recipes.export import arch_of_config, import_hf  # noqa: E402
+from recipes.cli import run_command
 
 
 def import_to_run(hf_dir: str, out: str, overwrite: bool = False, log=print) -> str:
@@ -54,14 +55,11 @@ def main(argv=None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     args = p.parse_args(argv)
-    try:
+
+    def body():
         import_to_run(args.path, args.out, args.overwrite)
-    except (ValueError, FileNotFoundError) as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(body, args.debug)
 
 
 if __name__ == "__main__":

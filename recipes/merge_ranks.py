@@ -34,6 +34,7 @@ import numpy as np
 os.environ.setdefault("GLOG_v", "3")
 
 from recipes import safetensors_io, weights  # noqa: E402
+from recipes.cli import run_command
 
 _RANK_FILE = re.compile(r"^model\.rank(\d+)\.safetensors$")
 
@@ -194,14 +195,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
+
+    def body():
         merge_ranks(args.path, args.out, args.tolerance, args.overwrite)
-    except (ValueError, FileNotFoundError) as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(body, args.debug)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import os
 import sys
 import time
 
+from recipes.cli import run_command
+
 os.environ.setdefault("GLOG_v", "3")  # MindSpore: errors only; its warnings drown the progress bar
 
 
@@ -34,24 +36,7 @@ def split_overrides(values: list[str]) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        return _run(args)
-    except (ValueError, OSError, FloatingPointError) as err:  # ConfigError, CheckpointError, data, I/O, divergence
-        if args.debug:
-            raise
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        return 2
-
-
-def one_line(err: BaseException) -> str:
-    """The message of a user error as one line (an OSError also names its path; a stray newline is folded)."""
-    if isinstance(err, OSError) and not isinstance(err, FileNotFoundError) and err.filename:
-        text = f"{err.filename}: {err.strerror or err}; check the path and its permissions"
-    elif isinstance(err, FileNotFoundError) and err.filename:
-        text = f"{err.filename}: file not found; check the path"
-    else:
-        text = str(err) or type(err).__name__
-    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+    return run_command(lambda: _run(args), args.debug)
 
 
 def _run(args) -> int:

@@ -370,8 +370,6 @@ class Trainer:
     # The loop
 
     def train(self) -> RunResult:
-        from mindspore import Tensor
-        import mindspore as ms
         from tqdm import tqdm
 
         from recipes.optim import learning_rate

@@ -4,7 +4,6 @@ and a warm-up step (ViT + LLM frozen by name pattern) that leaves frozen weights
 import re
 
 import numpy as np
-import pytest
 import mindspore as ms
 
 import mindvl

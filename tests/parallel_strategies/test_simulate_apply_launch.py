@@ -43,7 +43,7 @@ def test_memory_within_10_percent_of_hand_calculation():
     """docs/parallel_strategies.md, 'Hand check': Pro optimised, pipeline stage 0 (10 layers + embedding)."""
     st, cfg = _pro()
     r = simulate(st, cfg)
-    H, tp = 5120, 8
+    tp = 8
     attn = (5120 * 5120 + 5120 + 2 * (1024 * 5120 + 1024) + 5120 * 5120) / tp + 5120 + 2 * 5120
     experts = 4 * 3 * 5120 * 1344                       # 64 experts over TP8 x EP2: 4 whole experts
     shared = 3 * 5120 * 5376 / tp
