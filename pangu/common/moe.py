@@ -19,9 +19,8 @@ expert_impl:
               computed once (+ <= E*blk padding rows) with one block-batched matmul per
               projection; static shapes, CPU + GRAPH mode friendly.
 """
-import numpy as np
 import mindspore as ms
-from mindspore import nn, ops, Parameter, Tensor
+from mindspore import nn, ops
 
 import ops.moe as moe_ops
 from ops.swiglu import swiglu, resolve_impl as swiglu_impl
