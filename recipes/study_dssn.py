@@ -3,7 +3,7 @@
     python -m recipes.study_dssn [--steps 300] [--preset tiny] [--lr 3e-3] [--out docs/ultra_dssn_study]
 
 Trains the two variants of `recipes/pangu_ultra_moe/pretrain_tiny.yaml` (everything else equal),
-then writes a plot of loss and gradient norm per step and a Markdown table: final and best losses,
+then writes a plot of loss and gradient norm per step and prints a Markdown table: final and best losses,
 validation loss, and gradient-norm spikes. A spike is a step whose gradient norm exceeds
 `SPIKE_RATIO` times the median of the previous `SPIKE_WINDOW` steps (counted after warm-up).
 """
@@ -91,8 +91,6 @@ def main(argv=None) -> int:
     header = ("| variant | final LM loss | best LM loss | validation loss | max grad norm after warm-up "
               f"| grad-norm spikes (> {SPIKE_RATIO}x median of previous {SPIKE_WINDOW}) |\n|---|---|---|---|---|---|\n")
     table = header + "".join(f"| {n} | {a:.4f} | {b:.4f} | {c:.4f} | {d:.3f} | {e} |\n" for n, a, b, c, d, e in rows)
-    with open(args.out + ".table.md", "w") as f:
-        f.write(table)
     print(table)
     return 0
 

@@ -88,6 +88,11 @@ class Trainer:
         self.rank, self.world = init_data_parallel()
         self.is_main = self.rank == 0
         self.strategy = self._check_strategy()
+        if self.world > 1 and getattr(model_cfg, "router_bias_update_rate", 0) > 0:
+            raise ConfigError(
+                "model.router_bias_update_rate: the bias update is not synchronised across data-parallel "
+                "ranks yet; set it to 0 under msrun (or train on one process)"
+            )
 
         # An arch may bring its own data (MindVL: multimodal rows) and validation metrics (registry spec).
         self.spec = registry.get_spec(recipe.model.arch)
@@ -401,6 +406,10 @@ class Trainer:
                 record.update({n: float(v) for n, v in zip(self.metric_names, metric_values)})
                 record["tokens"] = self.step * tokens_per_step
                 record["tokens_per_s"] = tokens_per_step / elapsed
+                if applied and hasattr(self.model, "update_expert_bias"):
+                    # Aux-loss-free balancing (Ultra, router_bias_update_rate > 0): nudge each selection
+                    # bias toward the mean load counted during this step; a no-op at rate 0.
+                    self.model.update_expert_bias()
                 guard_fields, warning = self.guard.observe(self.step, loss_value, norm, applied)
                 record.update(guard_fields)
                 if warning and self.is_main:
@@ -412,6 +421,8 @@ class Trainer:
                 evaluate = (recipe.train.eval_every and self.step % recipe.train.eval_every == 0) or self.step == total
                 if evaluate:
                     val_loss = self.evaluate()
+                    if hasattr(self.model, "reset_expert_load"):  # evaluation batches are not training load
+                        self.model.reset_expert_load()
                     record["val_loss"] = val_loss
                     if "evaluate" in self.spec:  # the arch's own validation metrics (MindVL: accuracy)
                         self.val_metrics = {k: float(v) for k, v in self.spec["evaluate"](self.model, self.val_data).items()}

@@ -135,3 +135,20 @@ def test_freeze_keeps_parameters(tmp_path):
     for name in before:
         same = np.array_equal(before[name], after[name])
         assert same == (name in frozen), name
+
+
+def test_expert_bias_update_runs_in_training(tmp_path):
+    """Ultra with aux-loss-free balancing: the trainer moves the selection biases by +-rate per step."""
+    recipe, model_cfg = load_recipe(
+        "recipes/pangu_ultra_moe/pretrain_tiny.yaml",
+        SMALL + ["train.steps=3", f"run.root={tmp_path}", "run.name=bias", "model.router_bias_update_rate=0.01"],
+    )
+    trainer = Trainer(recipe, model_cfg, log=lambda *_: None)
+    trainer.train()
+    biases = [p.asnumpy() for p in trainer.model.get_parameters() if "e_score_correction_bias" in p.name]
+    assert biases
+    for b in biases:
+        assert np.abs(b).max() > 0
+        steps = np.round(b / 0.01)  # each of the 3 updates adds -0.01, 0 or +0.01
+        np.testing.assert_allclose(b, steps * 0.01, atol=1e-6)
+        assert np.abs(steps).max() <= 3
