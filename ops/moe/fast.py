@@ -34,15 +34,7 @@ def topk_route(logits_TE, top_k, score_func="softmax", bias_E=None, norm_topk_pr
     """Top-k routing (see reference.topk_route); skips the gather when there is no bias."""
     if bias_E is not None:
         return _ref.topk_route(logits_TE, top_k, score_func, bias_E, norm_topk_prob, scaling_factor)
-    logits32 = logits_TE.astype(ms.float32)
-    if score_func == "softmax":
-        scores_TE = ops.softmax(logits32, -1)
-        probs_TE = scores_TE
-    elif score_func == "sigmoid":
-        scores_TE = ops.sigmoid(logits32)
-        probs_TE = scores_TE / scores_TE.sum(-1, keepdims=True)
-    else:
-        raise ValueError(f"score_func: unknown {score_func!r}; use 'softmax' or 'sigmoid'")
+    scores_TE, probs_TE = _ref.router_scores(logits_TE, score_func)
     weights_TK, experts_TK = ops.topk(scores_TE, top_k)
     if norm_topk_prob:
         weights_TK = weights_TK / (weights_TK.sum(-1, keepdims=True) + 1e-20)

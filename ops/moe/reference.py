@@ -40,6 +40,18 @@ def moge_route(logits_TE, num_groups, scale_1E=None):
     return weights_TG, experts_TG.astype(ms.int32), probs_TE
 
 
+def router_scores(logits_TE, score_func):
+    """(scores_TE, probs_TE) in fp32: softmax scores, or sigmoid scores with probs normalised to sum 1."""
+    logits32 = logits_TE.astype(ms.float32)
+    if score_func == "softmax":
+        scores_TE = ops.softmax(logits32, -1)
+        return scores_TE, scores_TE
+    if score_func == "sigmoid":
+        scores_TE = ops.sigmoid(logits32)
+        return scores_TE, scores_TE / scores_TE.sum(-1, keepdims=True)
+    raise ValueError(f"score_func: unknown {score_func!r}; use 'softmax' or 'sigmoid'")
+
+
 def topk_route(logits_TE, top_k, score_func="softmax", bias_E=None, norm_topk_prob=False,
                scaling_factor=1.0):
     """Top-k routing. `bias_E` shifts the SELECTION only; weights come from the raw scores.
@@ -47,15 +59,7 @@ def topk_route(logits_TE, top_k, score_func="softmax", bias_E=None, norm_topk_pr
     Returns (weights_TK fp32, experts_TK int32, probs_TE fp32) where probs_TE are the scores the
     balance loss uses (softmax scores, or sigmoid scores normalised to sum 1 per token).
     """
-    logits32 = logits_TE.astype(ms.float32)
-    if score_func == "softmax":
-        scores_TE = ops.softmax(logits32, -1)
-        probs_TE = scores_TE
-    elif score_func == "sigmoid":
-        scores_TE = ops.sigmoid(logits32)
-        probs_TE = scores_TE / scores_TE.sum(-1, keepdims=True)
-    else:
-        raise ValueError(f"score_func: unknown {score_func!r}; use 'softmax' or 'sigmoid'")
+    scores_TE, probs_TE = router_scores(logits_TE, score_func)
     select_TE = scores_TE if bias_E is None else scores_TE + bias_E.astype(ms.float32)
     _, experts_TK = ops.topk(select_TE, top_k)
     experts_TK = experts_TK.astype(ms.int32)

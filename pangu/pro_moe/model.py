@@ -13,7 +13,7 @@ from mindspore import nn, ops
 from ops._dispatch import impl_scope
 from ops.rope import rotary_tables
 from pangu.common.attention import GQAttention, mark_valid
-from pangu.common.init import init_normal
+from pangu.common.init import init_normal, match_logical_axes
 from pangu.common.layers import Embedding, Linear, RMSNorm, dtype_of
 from pangu.common.moe import MoE, MoGERouter
 from pangu.pro_moe.config import PanguProMoEConfig
@@ -213,11 +213,4 @@ LOGICAL_AXES = (
 
 def logical_axes(model) -> dict:
     """{parameter name: tuple of logical axis names} for every parameter of `model`."""
-    out = {}
-    for name, p in model.parameters_and_names():
-        for suffix, axes in LOGICAL_AXES:
-            if name.endswith(suffix):
-                assert len(axes) == len(p.shape), (name, axes, p.shape)
-                out[name] = axes
-                break
-    return out
+    return match_logical_axes(model, LOGICAL_AXES)

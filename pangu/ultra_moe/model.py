@@ -28,7 +28,7 @@ from ops._dispatch import impl_scope
 from ops.attention import resolve_impl as attention_impl
 from ops.rope import resolve_impl as rope_impl
 from pangu.common.attention import mark_valid
-from pangu.common.init import init_normal
+from pangu.common.init import init_normal, match_logical_axes
 from pangu.common.layers import Embedding, Linear, RMSNorm, dtype_of
 from pangu.common.mla import MultiHeadLatentAttention, mla_rotary_tables
 from pangu.common.mlp import SwiGLUMLP
@@ -342,11 +342,4 @@ LOGICAL_AXES = (
 
 def logical_axes(model) -> dict:
     """{parameter name: tuple of logical axis names} for every parameter of `model`."""
-    out = {}
-    for name, p in model.parameters_and_names():
-        for suffix, axes in LOGICAL_AXES:
-            if name.endswith(suffix):
-                assert len(axes) == len(p.shape), (name, axes, p.shape)
-                out[name] = axes
-                break
-    return out
+    return match_logical_axes(model, LOGICAL_AXES)
