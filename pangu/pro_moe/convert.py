@@ -6,13 +6,11 @@ Ours == serving except:
                                                <-> model.layers.N.mlp.experts.{e}.{...}_proj.weight
 Linear weights are [out, in] on both sides, so no transposes. Values are numpy arrays.
 """
-import re
-
 import numpy as np
 
-_STACKED = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(gate_proj|up_proj|down_proj)$")
-_PER_EXPERT = re.compile(
-    r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+from pangu.common.expert_layout import collect_per_expert, model_state, split_stacked, stack_per_expert
+
+__all__ = ["to_hf", "from_hf", "hf_config", "model_state"]
 _OURS_SCALE = ".mlp.gate.router_scale"
 _HF_SCALE = ".mlp.router_scale"
 
@@ -22,10 +20,9 @@ def to_hf(state: dict) -> dict:
     out = {}
     for name, value in state.items():
         value = np.asarray(value)
-        m = _STACKED.match(name)
-        if m:
-            for e in range(value.shape[0]):
-                out[f"{m.group(1)}.{e}.{m.group(2)}.weight"] = value[e]
+        split = split_stacked(name, value)
+        if split is not None:
+            out.update(split)
         elif name.endswith(_OURS_SCALE):
             out[name[: -len(_OURS_SCALE)] + _HF_SCALE] = value
         else:
@@ -38,19 +35,13 @@ def from_hf(state: dict) -> dict:
     out, experts = {}, {}
     for name, value in state.items():
         value = np.asarray(value)
-        m = _PER_EXPERT.match(name)
-        if m:
-            experts.setdefault(f"{m.group(1)}.{m.group(3)}", {})[int(m.group(2))] = value
-        elif name.endswith(_HF_SCALE):
+        if collect_per_expert(name, value, experts):
+            continue
+        if name.endswith(_HF_SCALE):
             out[name[: -len(_HF_SCALE)] + _OURS_SCALE] = value
         else:
             out[name] = value
-    for key, by_e in experts.items():
-        n = len(by_e)
-        if sorted(by_e) != list(range(n)):
-            raise ValueError(f"{key}: expert indices {sorted(by_e)} are not 0..{n - 1}; "
-                             "the checkpoint is missing experts")
-        out[key] = np.stack([by_e[e] for e in range(n)])
+    out.update(stack_per_expert(experts))
     return out
 
 
@@ -62,8 +53,3 @@ def hf_config(cfg) -> dict:
     d.update(architectures=["PanguProMoEForCausalLM"], model_type="PanguProMoE",
              hidden_act="silu", torch_dtype="bfloat16")
     return d
-
-
-def model_state(model) -> dict:
-    """{our name: numpy array} of a MindSpore model."""
-    return {name: p.asnumpy() for name, p in model.parameters_and_names()}

@@ -16,9 +16,9 @@ import re
 
 import numpy as np
 
-_STACKED = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(gate_proj|up_proj|down_proj)$")
-_PER_EXPERT = re.compile(
-    r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+from pangu.common.expert_layout import collect_per_expert, model_state, split_stacked, stack_per_expert
+
+__all__ = ["to_hf", "from_hf", "hf_config", "model_state"]
 _MTP_COPIES = re.compile(r"^model\.layers\.(\d+)\.(embed_tokens\.weight|shared_head\.head\.weight)$")
 _LOAD_SUFFIX = ".mlp.gate.expert_load"
 
@@ -28,10 +28,9 @@ def to_hf(state: dict, cfg) -> dict:
     out = {}
     for name, value in state.items():
         value = np.asarray(value)
-        m = _STACKED.match(name)
-        if m:
-            for e in range(value.shape[0]):
-                out[f"{m.group(1)}.{e}.{m.group(2)}.weight"] = value[e]
+        split = split_stacked(name, value)
+        if split is not None:
+            out.update(split)
         elif name.endswith(_LOAD_SUFFIX):
             continue
         else:
@@ -49,19 +48,10 @@ def from_hf(state: dict, cfg) -> dict:
     out, experts = {}, {}
     for name, value in state.items():
         value = np.asarray(value)
-        m = _PER_EXPERT.match(name)
-        if m:
-            experts.setdefault(f"{m.group(1)}.{m.group(3)}", {})[int(m.group(2))] = value
-        elif _MTP_COPIES.match(name):
-            continue  # shared with the main model
-        else:
-            out[name] = value
-    for key, by_e in experts.items():
-        n = len(by_e)
-        if sorted(by_e) != list(range(n)):
-            raise ValueError(f"{key}: expert indices {sorted(by_e)} are not 0..{n - 1}; "
-                             "the checkpoint is missing experts")
-        out[key] = np.stack([by_e[e] for e in range(n)])
+        if collect_per_expert(name, value, experts) or _MTP_COPIES.match(name):
+            continue  # MTP copies are shared with the main model
+        out[name] = value
+    out.update(stack_per_expert(experts))
     if cfg.router_bias_update_rate > 0:
         for i in range(cfg.num_dense_layers, cfg.num_hidden_layers + cfg.num_mtp_layers):
             out[f"model.layers.{i}{_LOAD_SUFFIX}"] = np.zeros(cfg.num_routed_experts, np.float32)
@@ -72,10 +62,6 @@ def hf_config(cfg) -> dict:
     """config.json for the serving stack."""
     return cfg.to_hf_dict()
 
-
-def model_state(model) -> dict:
-    """{our name: numpy array} of a MindSpore model (buffers included)."""
-    return {name: p.asnumpy() for name, p in model.parameters_and_names()}
 
 
 def load_state(model, state: dict) -> None:
