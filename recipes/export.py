@@ -1,7 +1,7 @@
 """Export a checkpoint to the serving (Hugging Face Hub) layout, and import one back.
 
     python -m recipes.export RUN_OR_CKPT --out DIR [--dtype fp32|bf16] [--shard-size 2GB] [--mindir]
-                             [--mindir-seq-len 128] [--overwrite]
+                             [--mindir-seq-len 128] [--mindir-patches 256] [--overwrite]
 
 writes exactly what vLLM / vLLM-Ascend / transformers read (docs/export.md, shared MODELS.md):
 
@@ -10,9 +10,11 @@ writes exactly what vLLM / vLLM-Ascend / transformers read (docs/export.md, shar
     model-0000i-of-0000N.safetensors   serving tensor names (convert.to_hf), [out, in] linears, F32 or BF16,
                                        greedy shards of at most --shard-size (a bigger tensor gets its own)
     model.safetensors.index.json       {"metadata": {"total_size": data bytes}, "weight_map": {name: shard}}
-    tokenizer.model                    the run's sentencepiece model
+    tokenizer.model                    the run's sentencepiece model (text models)
+    tokenizer.json                     MindVL: its ByteTokenizer as a byte-level BPE tokenizer.json
     tokenizer_config.json, special_tokens_map.json   special tokens, chat template
-    generation_config.json             bos / eos (eod and <|user|>) / pad ids, greedy
+    generation_config.json             bos / eos (eod and <|user|>; MindVL <|im_end|> and eod) / pad ids, greedy
+    preprocessor_config.json           MindVL: the image processor (+ the resolution-search record)
     model.mindir                       (--mindir) the inference graph for MindSpore Lite / `mindspore.load`
 
 `import_hf(DIR) -> (model_cfg, state)` is the inverse: config.json back into our config dataclass and the
@@ -60,6 +62,12 @@ class Adapter:
     from_hf: Callable  # (serving state, cfg) -> our state
     hf_config: Callable  # cfg -> config.json dict
     config_from_hf: Callable  # (config.json dict, serving tensor names) -> validated cfg
+    # Optional hooks of an arch whose export carries more than a sentencepiece tokenizer (MindVL);
+    # None = the text-model behaviour (tokenizer_for / write_tokenizer / input_ids, position_ids, segment_ids)
+    run_assets: Callable | None = None  # (recipe, run_dir) -> export_state kwargs (tokenizer=, processor=)
+    write_assets: Callable | None = None  # (cfg, out, tokenizer, processor) -> config.json id keys
+    import_assets: Callable | None = None  # (hf_dir, out, cfg) -> the `data:` section of an imported run
+    example_inputs: Callable | None = None  # (cfg, seq_len, patches) -> numpy inputs of the MINDIR graph
 
 
 def _pro_adapter() -> Adapter:
@@ -143,8 +151,60 @@ def _mindvl_adapter() -> Adapter:
                             vision_end_token_id=d["vision_end_token_id"], vocab_size=text.vocab_size,
                             compute_dtype=text.compute_dtype).validate()
 
+    def run_assets(recipe, run_dir):
+        """The run's tokenizer (mindvl.dataset always uses ByteTokenizer) and image processor: the run
+        directory's preprocessor_config.json (mindvl.evaluate's resolution search writes one) or the
+        recipe's data budget."""
+        from mindvl.processor import ByteTokenizer, ImageProcessor
+
+        saved = os.path.join(run_dir, "preprocessor_config.json")
+        processor = ImageProcessor.load(saved) if os.path.isfile(saved) else recipe.data.processor()
+        return {"tokenizer": ByteTokenizer(), "processor": processor}
+
+    def write_assets(cfg, out, tokenizer, processor):
+        text, vision, _ = parts(cfg)
+        ids = {}
+        if tokenizer is not None:
+            vl.save_tokenizer(tokenizer, out, getattr(text, "max_position_embeddings", 4096))
+            gen = vl.generation_ids(tokenizer)
+            with open(os.path.join(out, "generation_config.json"), "w") as f:
+                json.dump({**gen, "do_sample": False}, f, indent=2)
+            ids = {**gen, "eos_token_id": gen["eos_token_id"][0]}  # config.json: <|im_end|>, as Qwen2.5-VL
+        if processor is not None:
+            vl.check_processor(processor, vision)
+            vl.save_preprocessor(processor, out)
+        return ids
+
+    def import_assets(hf_dir, out, cfg):
+        """Check that the tokenizer files describe the ByteTokenizer; keep preprocessor_config.json
+        (copied verbatim: a re-export writes the same file) and its pixel budget as the data budget."""
+        from mindvl.processor import ImageProcessor
+
+        if any(os.path.isfile(os.path.join(hf_dir, n)) for n in vl.TOKENIZER_FILES):
+            vl.load_tokenizer(hf_dir)
+        saved = os.path.join(hf_dir, "preprocessor_config.json")
+        if not os.path.isfile(saved):
+            return {}
+        processor = ImageProcessor.load(saved)
+        vl.check_processor(processor, parts(cfg)[1])
+        shutil.copyfile(saved, os.path.join(out, "preprocessor_config.json"))
+        return {"min_pixels": processor.min_pixels, "max_pixels": processor.max_pixels}
+
+    def example_inputs(cfg, seq_len, patches):
+        """One all-padding row of the multimodal batch (construct's 12 inputs, static shapes)."""
+        from mindvl.data import collate
+        from mindvl.model import MM_KEYS
+        from mindvl.processor import ByteTokenizer
+
+        _, vision, _ = parts(cfg)
+        merge = vision.spatial_merge_size
+        if patches % (merge * merge):
+            raise ValueError(f"--mindir-patches: {patches} is not a multiple of {merge * merge} (merge {merge}x{merge})")
+        batch = collate([], [[]], seq_len, patches, ByteTokenizer(), merge, vision.window_merged, vision.patch_dim)
+        return [batch[k] for k in ("input_ids", "position_ids", "segment_ids") + MM_KEYS]
+
     return Adapter("qwen2_5_vl", MindVLConfig, lambda cfg, seed=0: build_model(cfg, seed, "reference"), to_hf,
-                   from_hf, hf_config, config_from_hf)
+                   from_hf, hf_config, config_from_hf, run_assets, write_assets, import_assets, example_inputs)
 
 
 ADAPTERS: dict[str, Callable[[], Adapter]] = {"pangu_pro_moe": _pro_adapter, "pangu_ultra_moe": _ultra_adapter,
@@ -285,36 +345,42 @@ def portable_config(model_cfg):
     The CPU fast paths are custom aot ops whose compiled .so is not part of a MINDIR file, so the graph
     is exported with plain MindSpore ops (expert_impl batched/loop is plain ops either way and kept).
     """
+    if callable(getattr(model_cfg, "text_config", None)):  # MindVL: the switches live in the decoder config
+        text = portable_config(model_cfg.text_config())
+        switches = {f.name: getattr(text, f.name) for f in dataclasses.fields(text) if f.name.endswith("_impl")}
+        return dataclasses.replace(model_cfg, text_overrides={**model_cfg.text_overrides, **switches})
     switches = {f.name: "reference" for f in dataclasses.fields(model_cfg)
                 if f.name.endswith("_impl") and getattr(model_cfg, f.name) in ("auto", "fast", "ascend")}
     return dataclasses.replace(model_cfg, **switches)
 
 
-def export_mindir(model_cfg, state: dict, out: str, seq_len: int = 128) -> str:
-    """The inference graph (input_ids, position_ids, segment_ids [1, seq_len] int32 -> logits) as MINDIR,
-    built with `portable_config` (reference ops); on Ascend, export there with the fused ops instead."""
+def export_mindir(model_cfg, state: dict, out: str, seq_len: int = 128, patches: int = 256) -> str:
+    """The inference graph as MINDIR, static shapes, built with `portable_config` (reference ops); on
+    Ascend, export there with the fused ops instead. Text models: (input_ids, position_ids, segment_ids
+    [1, seq_len] int32) -> logits. MindVL: `MindVL.construct`'s 12 inputs, one row of seq_len tokens and
+    `patches` patch slots (fields as mindvl.data.collate makes them) -> logits."""
     import mindspore as ms
     from mindspore import Tensor
 
-    from pangu import registry
-
-    if not isinstance(model_cfg, tuple(registry.get_spec(a)["config_cls"] for a in ("pangu_pro_moe", "pangu_ultra_moe"))):
-        raise ValueError("--mindir: only the text models (pangu_pro_moe, pangu_ultra_moe) have a MINDIR export so far")
-    model = registry.build_model(portable_config(model_cfg), seed=0)
+    ad = adapter(arch_of_config(model_cfg))
+    model = ad.build_model(portable_config(model_cfg), 0)
     _load_into(model, state)
     model.set_train(False)
-    ids = Tensor(np.zeros((1, seq_len), np.int32))
-    pos = Tensor(np.arange(seq_len, dtype=np.int32)[None])
-    seg = Tensor(np.ones((1, seq_len), np.int32))
+    if ad.example_inputs is not None:
+        inputs = ad.example_inputs(model_cfg, seq_len, patches)
+    else:
+        inputs = [np.zeros((1, seq_len), np.int32), np.arange(seq_len, dtype=np.int32)[None],
+                  np.ones((1, seq_len), np.int32)]
     base = os.path.join(out, os.path.splitext(MINDIR_FILE)[0])
-    ms.export(model, ids, pos, seg, file_name=base, file_format="MINDIR")
+    ms.export(model, *(Tensor(x) for x in inputs), file_name=base, file_format="MINDIR")
     return base + ".mindir"
 
 
 def export_state(model_cfg, state: dict[str, np.ndarray], out: str, tokenizer=None, dtype: str = "fp32",
                  shard_size: int | str = DEFAULT_SHARD_SIZE, mindir: bool = False, mindir_seq_len: int = 128,
-                 overwrite: bool = False, log=print) -> dict:
-    """Write the serving directory for `state` (our names) of a model with config `model_cfg`."""
+                 overwrite: bool = False, log=print, processor=None, mindir_patches: int = 256) -> dict:
+    """Write the serving directory for `state` (our names) of a model with config `model_cfg`
+    (`processor`: MindVL's ImageProcessor -> preprocessor_config.json)."""
     if dtype not in safetensors_io.EXPORT_DTYPES:
         raise ValueError(f"--dtype: unknown {dtype!r}; use one of {safetensors_io.EXPORT_DTYPES}")
     safetensors_io.parse_size(shard_size)  # fail before writing anything
@@ -325,7 +391,9 @@ def export_state(model_cfg, state: dict[str, np.ndarray], out: str, tokenizer=No
     index = write_sharded(hf_state, out, dtype, shard_size)
     config = ad.hf_config(model_cfg)
     config["torch_dtype"] = {"fp32": "float32", "bf16": "bfloat16"}[dtype]
-    if tokenizer is not None:
+    if ad.write_assets is not None:
+        config.update(ad.write_assets(model_cfg, out, tokenizer, processor))
+    elif tokenizer is not None:
         ids = token_ids(tokenizer)
         config.update(ids)
         config["eos_token_id"] = tokenizer.eod_id  # config.json: the single end-of-document id
@@ -335,7 +403,7 @@ def export_state(model_cfg, state: dict[str, np.ndarray], out: str, tokenizer=No
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     if mindir:
-        export_mindir(model_cfg, state, out, mindir_seq_len)
+        export_mindir(model_cfg, state, out, mindir_seq_len, mindir_patches)
     n_shards = len(set(index["weight_map"].values()))
     log(f"exported {arch} ({len(hf_state)} tensors, {index['metadata']['total_size'] / 1e6:.1f} MB {dtype}, "
         f"{n_shards} shard{'s' if n_shards > 1 else ''}{', MINDIR' if mindir else ''}) -> {out}")
@@ -350,7 +418,8 @@ def tokenizer_for(data_cfg):
 
 
 def export_run(path: str, out: str, dtype: str = "fp32", shard_size: int | str = DEFAULT_SHARD_SIZE,
-               mindir: bool = False, mindir_seq_len: int = 128, overwrite: bool = False, log=print) -> dict:
+               mindir: bool = False, mindir_seq_len: int = 128, overwrite: bool = False, log=print,
+               mindir_patches: int = 256) -> dict:
     """Export a run directory (newest valid checkpoint) or one step_* checkpoint directory."""
     from recipes import checkpoint as ckpt_lib
 
@@ -361,8 +430,11 @@ def export_run(path: str, out: str, dtype: str = "fp32", shard_size: int | str =
     recipe, model_cfg = weights.load_run_config(loc.run_dir)
     state = ckpt_lib.load_tensors(loc.checkpoint, ckpt_lib.MODEL_FILE)
     model_cfg = _fit_to_state(model_cfg, state)
-    return export_state(model_cfg, state, out, tokenizer_for(recipe.data), dtype, shard_size, mindir,
-                        mindir_seq_len, overwrite, log)
+    ad = adapter(arch_of_config(model_cfg))
+    assets = ad.run_assets(recipe, loc.run_dir) if ad.run_assets else {"tokenizer": tokenizer_for(recipe.data)}
+    return export_state(model_cfg, state, out, dtype=dtype, shard_size=shard_size, mindir=mindir,
+                        mindir_seq_len=mindir_seq_len, overwrite=overwrite, log=log, mindir_patches=mindir_patches,
+                        **assets)
 
 
 def _fit_to_state(model_cfg, state):
@@ -464,6 +536,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shard-size", default=DEFAULT_SHARD_SIZE, help="max bytes per shard, e.g. 2GB, 500MB")
     p.add_argument("--mindir", action="store_true", help="also write model.mindir (inference graph)")
     p.add_argument("--mindir-seq-len", type=int, default=128, help="static sequence length of the MINDIR graph")
+    p.add_argument("--mindir-patches", type=int, default=256, help="MindVL: static patch slots of the MINDIR graph")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     return p.parse_args(argv)
@@ -473,7 +546,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
 
     def body():
-        export_run(args.path, args.out, args.dtype, args.shard_size, args.mindir, args.mindir_seq_len, args.overwrite)
+        export_run(args.path, args.out, args.dtype, args.shard_size, args.mindir, args.mindir_seq_len, args.overwrite,
+                   mindir_patches=args.mindir_patches)
 
     return run_command(body, args.debug)
 

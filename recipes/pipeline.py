@@ -5,7 +5,7 @@ A pipeline spec lists stages in order; each stage writes one run(-like) director
     description: ...
     eval:                              # how `evaluate: true` stages are scored (optional)
       data_from: sft_tiny.yaml         # recipe whose data section gives the held-out chat prompts
-      limit: 256                       # prompts scored (exact match, greedy)
+      limit: 256                       # prompts (examples) scored
     stages:
       - {name: general, type: train, recipe: pretrain_general_tiny.yaml}
       - {name: sft, type: train, recipe: sft_tiny.yaml, init_from: general, evaluate: true}
@@ -21,17 +21,27 @@ Stage types:
   export   `python -m recipes.export ROOT/<run of `from`> --out ROOT/<output> ARGS`.
 Relative recipe paths are relative to the spec file. `output` defaults to <spec's model dir>_<name>.
 
+Scoring of `evaluate: true` stages depends on the architecture of `eval.data_from`'s recipe:
+  text models   greedy exact match of generated answers (recipes.evaluate, compiled KV-cache decoding)
+                on its held-out chat prompts + token loss on its validation rows ("chat val").
+  an arch whose registry spec has `evaluate(model, dataset)` (MindVL: mindvl.evaluate.evaluate_dataset)
+                that hook on the recipe's validation split (`build_dataset(data, "val")`), which returns
+                {"val_accuracy": overall, "val_accuracy_<task>": per task}, + the model's loss on the
+                split's rows ("chat val"). `limit` keeps the first N validation examples.
+
 Resumable: a train stage whose run has a valid checkpoint at its final step is skipped (one that
 stopped early is continued with --resume); an average/export stage is skipped when its output
 holds the `.pipeline_done` marker written after it succeeded; an evaluation is skipped when its
 result file exists. The metrics table (steps, final train loss, val loss, chat val loss and
-exact-match of evaluated stages, wall time) is printed at the end and written to
-ROOT/<pipeline>_pipeline.json. User errors print one line and exit 2 (`--debug`: traceback).
+exact-match of evaluated stages, wall time) is printed at the end, followed by exact match per task
+of the evaluated stages, and written to ROOT/<pipeline>_pipeline.json. User errors print one line and
+exit 2 (`--debug`: traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -211,10 +221,13 @@ class Evaluator:
     """Exact match + chat validation loss of a run(-like) directory on the spec's held-out prompts."""
 
     def __init__(self, spec: Spec, limit: int | None, log):
+        from pangu import registry
         from recipes.config import load_recipe
 
         recipe, _ = load_recipe(spec.eval_data_from, ["init_from=null"])
         self.data = recipe.data
+        self.batch_size = recipe.train.micro_batch_size
+        self.arch_spec = registry.get_spec(recipe.model.arch)  # an `evaluate` hook replaces generation
         self.limit = limit if limit is not None else spec.eval_limit
         self.log = log
         self._configured = False
@@ -236,6 +249,10 @@ class Evaluator:
         ms.set_context(mode=ms.GRAPH_MODE)  # compiled generation; the caller's mode is restored below
         try:
             t0 = time.perf_counter()
+            if "evaluate" in self.arch_spec:
+                result = self._arch_scores(run_dir)
+                result["eval_seconds"] = time.perf_counter() - t0
+                return self._save(result, out_path)
             run = load_run(run_dir, log=self.log)
             # score on the chat prompts of eval.data_from, whatever this run trained on (a pretrain
             # checkpoint is evaluated in the same chat format as the SFT one)
@@ -246,18 +263,60 @@ class Evaluator:
             result["eval_seconds"] = time.perf_counter() - t0
         finally:
             ms.set_context(mode=previous_mode)
+        return self._save(result, out_path)
+
+    @staticmethod
+    def _save(result: dict, out_path: str) -> dict:
         with open(out_path + ".tmp", "w") as f:
             json.dump(result, f, indent=1)
         os.replace(out_path + ".tmp", out_path)
         return result
 
+    def _arch_scores(self, run_dir: str) -> dict:
+        """The arch's own validation metrics (registry `evaluate` hook) in the text evaluator's format."""
+        from recipes.data import BATCH_KEYS as TEXT_BATCH_KEYS
+
+        model = _load_model(run_dir, self.log)
+        dataset = self.arch_spec["build_dataset"](self.data, "val")
+        scored = dataset
+        if self.limit is not None:  # the hook scores `examples`: hand it a view with the first `limit`
+            scored = copy.copy(dataset)
+            scored.examples = [dataset.examples[i] for i in range(min(self.limit, len(dataset.examples)))]
+        scores = self.arch_spec["evaluate"](model, scored)
+        prefix = "val_accuracy_"
+        return {"accuracy": float(scores["val_accuracy"]), "num_examples": len(scored.examples),
+                "per_task": {k[len(prefix):]: {"accuracy": float(v)} for k, v in sorted(scores.items())
+                             if k.startswith(prefix)},
+                "chat_val_loss": _dataset_loss(model, dataset, getattr(model, "BATCH_KEYS", TEXT_BATCH_KEYS),
+                                               self.batch_size, None)}
+
+
+def _load_model(run_dir: str, log):
+    """The model of a run(-like) directory's newest valid checkpoint, in inference mode."""
+    from pangu import registry
+    from recipes import checkpoint as ckpt_lib
+    from recipes import weights
+    from recipes.export import _load_into
+
+    loc = weights.locate(run_dir, log)
+    _, model_cfg = weights.load_run_config(loc.run_dir or run_dir)
+    model = registry.build_model(model_cfg, seed=0)
+    _load_into(model, ckpt_lib.load_tensors(loc.checkpoint, ckpt_lib.MODEL_FILE))
+    model.set_train(False)
+    return model
+
 
 def _val_loss(model, data_cfg, batch_size: int = 16, num_batches: int = 8) -> float:
     """Token-mean loss of `model` on the first batches of `data_cfg`'s validation rows."""
+    from recipes.data import BATCH_KEYS, build_dataset
+
+    return _dataset_loss(model, build_dataset(data_cfg, "val"), BATCH_KEYS, batch_size, num_batches)
+
+
+def _dataset_loss(model, dataset, batch_keys, batch_size: int, num_batches: int | None) -> float:
+    """Token-mean lm loss of `model.loss(*batch[batch_keys])` over `dataset.eval_batches`."""
     import mindspore as ms
     from mindspore import Tensor
-
-    from recipes.data import BATCH_KEYS, build_dataset
 
     def lm_loss(*args):
         _, metrics = model.loss(*args)
@@ -265,10 +324,10 @@ def _val_loss(model, data_cfg, batch_size: int = 16, num_batches: int = 8) -> fl
 
     step = ms.jit(lm_loss)
     total = count = 0.0
-    for batch in build_dataset(data_cfg, "val").eval_batches(batch_size, num_batches):
+    for batch in dataset.eval_batches(batch_size, num_batches):
         targets = float(batch["loss_mask"].sum())
         if targets:
-            total += targets * float(step(*(Tensor(batch[k]) for k in BATCH_KEYS)).asnumpy())
+            total += targets * float(step(*(Tensor(batch[k]) for k in batch_keys)).asnumpy())
             count += targets
     return total / max(count, 1.0)
 
@@ -372,6 +431,22 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_task_table(rows: list[dict]) -> str:
+    """Exact match per task of the evaluated stages ("" when none was evaluated)."""
+    scored = [r for r in rows if r.get("per_task")]
+    if not scored:
+        return ""
+    tasks = sorted({t for r in scored for t in r["per_task"]})
+    width = max(8, *(len(t) for t in tasks))
+    head = f"{'stage':<12} " + " ".join(f"{t:>{width}}" for t in tasks) + f" {'overall':>{width}} {'n':>5}"
+    lines = ["exact match per task", head, "-" * len(head)]
+    for r in scored:
+        cells = [format(r["per_task"][t], ".3f") if t in r["per_task"] else "-" for t in tasks]
+        lines.append(f"{r['stage']:<12} " + " ".join(f"{c:>{width}}" for c in cells)
+                     + f" {r['exact_match']:>{width}.3f} {r.get('eval_n', 0):>5}")
+    return "\n".join(lines)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m recipes.pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("spec", help="pipeline YAML, e.g. recipes/pangu_pro_moe/pipeline.yaml")
@@ -396,6 +471,9 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_table(rows))
+    tasks = format_task_table(rows)
+    if tasks:
+        print("\n" + tasks)
     print(f"pipeline {args.spec}: {time.perf_counter() - start:.0f} s; summary in "
           f"{os.path.join(args.root, load_spec(args.spec).name + '_pipeline.json')}")
     return 0

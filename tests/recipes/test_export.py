@@ -1,6 +1,8 @@
 """Serving export and import: MODELS.md layouts (names, shapes, config keys), shards + index, bf16 bits,
-exact export -> import round trips (tensors and logits), strict import errors, MINDIR, the CLI."""
+exact export -> import round trips (tensors and logits), strict import errors, MINDIR, the CLI.
+Pangu Pro / Ultra (text) and MindVL (Qwen2.5-VL layout: multimodal logits, tokenizer + processor files)."""
 
+import dataclasses
 import json
 import os
 import struct
@@ -16,6 +18,8 @@ from recipes.config import dump_yaml, load_recipe
 from recipes.data import DataConfig
 
 ARCHS = ("pangu_pro_moe", "pangu_ultra_moe")
+ALL_ARCHS = ARCHS + ("mindvl",)
+VL_SEQ, VL_PATCHES = 256, 96  # a MindVL batch row: tokens, patch slots
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +28,59 @@ def tokenizer():
 
 
 def tiny(arch, tok, **kw):
+    if arch == "mindvl":
+        from mindvl.config import PRESETS
+
+        return dataclasses.replace(PRESETS["tiny"](), vocab_size=tok.vocab_size, **kw)
     return registry.get_config(arch, "tiny", vocab_size=tok.vocab_size, **kw)
+
+
+def tokenizer_of(arch, text_tokenizer):
+    """What a run of `arch` trains with: MindVL's ByteTokenizer, the text models' sentencepiece model."""
+    from mindvl.processor import ByteTokenizer
+
+    return ByteTokenizer() if arch == "mindvl" else text_tokenizer
+
+
+def build(arch, cfg, seed):
+    return export.adapter(arch).build_model(cfg, seed)
+
+
+def same_config(arch, a, b):
+    """Imported MindVL configs spell the decoder as full text_overrides: compare what they describe."""
+    if arch == "mindvl":
+        ad = export.adapter(arch)
+        return ad.hf_config(a) == ad.hf_config(b) and a.text_config() == b.text_config()
+    return a == b
+
+
+def vl_processor(record=True):
+    """The processor of a tiny MindVL run, with a resolution-search record as mindvl.evaluate writes it."""
+    from mindvl.processor import ImageProcessor
+
+    extra = {"resolution_search": {"metric": "validation exact-match accuracy", "chosen_max_pixels": 7056,
+                                   "scores": {"3136": 0.25, "7056": 0.5}, "num_samples": 4}} if record else {}
+    return ImageProcessor(min_pixels=3136, max_pixels=7056, extra=extra)
+
+
+def vl_batch(seed=3):
+    """Two packed rows of chat-template synthetic samples (images of several sizes, OCR included)."""
+    from mindvl.data import SyntheticDataset, collate, encode_example, pack
+    from mindvl.processor import ByteTokenizer
+
+    tk = ByteTokenizer()
+    ds = SyntheticDataset(4, "validation", seed=seed, min_side=56, max_side=112)
+    samples = [encode_example(ds[i], vl_processor(), tk, "chat") for i in range(len(ds))]
+    rows = pack(samples, VL_SEQ, VL_PATCHES)
+    assert len(rows) >= 2 and sum(int(s.grid_thw.shape[0]) for s in samples) == 4
+    return collate(samples, rows[:2], VL_SEQ, VL_PATCHES, tk)
+
+
+def vl_logits(model, batch):
+    from mindvl.model import batch_args
+
+    model.set_train(False)
+    return model(*batch_args(model, batch)).asnumpy()
 
 
 def state_of(model):
@@ -45,6 +101,11 @@ def logits(model, seed=0, B=2, S=12):
 
 def model_vocab(model):
     return dict(model.parameters_and_names())["model.embed_tokens.weight"].shape[0]
+
+
+def any_logits(arch, model):
+    """Text: two rows (one with two documents); MindVL: a packed multimodal batch."""
+    return vl_logits(model, vl_batch()) if arch == "mindvl" else logits(model)
 
 
 def read_all(directory):
@@ -117,17 +178,39 @@ def expected_ultra(c):
     return names
 
 
-EXPECTED = {"pangu_pro_moe": expected_pro, "pangu_ultra_moe": expected_ultra}
+def expected_mindvl(c):
+    """Qwen2.5-VL names (MODELS.md): visual.* with the Conv3d patch embedding, then the decoder's own layout."""
+    text = c.text_config()
+    v = c.vision_config
+    C, I, H, C4 = v.hidden_size, v.intermediate_size, text.hidden_size, v.hidden_size * v.spatial_merge_size ** 2
+    names = {"visual.patch_embed.proj.weight": (C, v.in_chans, v.temporal_patch_size, v.patch_size, v.patch_size),
+             "visual.merger.ln_q.weight": (C,), "visual.merger.mlp.0.weight": (C4, C4), "visual.merger.mlp.0.bias": (C4,),
+             "visual.merger.mlp.2.weight": (H, C4), "visual.merger.mlp.2.bias": (H,)}
+    for n in range(v.depth):
+        p = f"visual.blocks.{n}."
+        names.update({p + "norm1.weight": (C,), p + "norm2.weight": (C,),
+                      p + "attn.qkv.weight": (3 * C, C), p + "attn.qkv.bias": (3 * C,),
+                      p + "attn.proj.weight": (C, C), p + "attn.proj.bias": (C,),
+                      p + "mlp.gate_proj.weight": (I, C), p + "mlp.gate_proj.bias": (I,),
+                      p + "mlp.up_proj.weight": (I, C), p + "mlp.up_proj.bias": (I,),
+                      p + "mlp.down_proj.weight": (C, I), p + "mlp.down_proj.bias": (C,)})
+    names.update(EXPECTED[c.text_arch](text))
+    return names
+
+
+EXPECTED = {"pangu_pro_moe": expected_pro, "pangu_ultra_moe": expected_ultra, "mindvl": expected_mindvl}
 
 
 # --------------------------------------------------------------------------------------- round trip
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ALL_ARCHS)
 def test_export_import_round_trip_is_exact(arch, tokenizer, tmp_path):
-    cfg = tiny(arch, tokenizer)
-    model = registry.build_model(cfg, seed=11)
-    want = logits(model)
+    tok = tokenizer_of(arch, tokenizer)
+    cfg = tiny(arch, tok)
+    model = build(arch, cfg, 11)
+    want = any_logits(arch, model)
     out = str(tmp_path / "hf")
-    index = export.export_state(cfg, state_of(model), out, tokenizer, "fp32", "40KB", log=lambda *_: None)
+    index = export.export_state(cfg, state_of(model), out, tok, "fp32", "40KB", log=lambda *_: None,
+                                processor=vl_processor() if arch == "mindvl" else None)
 
     # exactly the MODELS.md names and [out, in] shapes, all F32, readable by the safetensors library
     found = read_all(out)
@@ -153,13 +236,13 @@ def test_export_import_round_trip_is_exact(arch, tokenizer, tmp_path):
 
     # import into a fresh model: identical tensors and identical logits
     cfg2, state2 = export.import_hf(out)
-    assert cfg2 == cfg
+    assert same_config(arch, cfg2, cfg)
     ours = state_of(model)
     assert sorted(state2) == sorted(ours)
     for name, value in ours.items():
         np.testing.assert_array_equal(state2[name], value, err_msg=name)
     _, model2 = export.import_hf(out, return_model=True)
-    np.testing.assert_array_equal(logits(model2), want)
+    np.testing.assert_array_equal(any_logits(arch, model2), want)
 
 
 def test_config_and_tokenizer_files(tokenizer, tmp_path):
@@ -265,10 +348,8 @@ def _rewrite(out, edit):
         json.dump({"metadata": {"total_size": 0}, "weight_map": {n: fname for n in tensors}}, f)
 
 
-def test_import_is_strict(tokenizer, tmp_path):
-    cfg = tiny("pangu_ultra_moe", tokenizer)
-    state = state_of(registry.build_model(cfg, seed=0))
-    cases = [
+STRICT_CASES = {
+    "pangu_ultra_moe": [
         (lambda t: t.pop("model.layers.2.mlp.experts.3.up_proj.weight"),
          "missing tensor model.layers.2.mlp.experts.3.up_proj.weight"),
         (lambda t: t.update({"model.layers.1.mlp.extra.weight": np.zeros(2, np.float32)}),
@@ -276,8 +357,24 @@ def test_import_is_strict(tokenizer, tmp_path):
         (lambda t: t.update({"model.layers.0.self_attn.o_proj.weight": np.zeros((64, 63), np.float32)}),
          "tensor model.layers.0.self_attn.o_proj.weight has shape (64, 63), config.json implies (64, 64)"),
         (lambda t: t.pop("model.layers.3.eh_proj.weight"), "missing tensor model.layers.3.eh_proj.weight"),
-    ]
-    for i, (edit, message) in enumerate(cases):
+    ],
+    "mindvl": [
+        (lambda t: t.pop("visual.blocks.1.attn.qkv.bias"), "missing tensor visual.blocks.1.attn.qkv.bias"),
+        (lambda t: t.update({"visual.patch_embed.proj.weight": np.zeros((32, 3, 2, 14, 13), np.float32)}),
+         "tensor visual.patch_embed.proj.weight has shape (32, 3, 2, 14, 13), config.json implies (32, 3, 2, 14, 14)"),
+        (lambda t: t.update({"visual.blocks.2.norm1.weight": np.zeros(32, np.float32)}),  # depth is 2
+         "unexpected tensor visual.blocks.2.norm1.weight"),
+        (lambda t: t.pop("model.layers.1.mlp.experts.3.up_proj.weight"),
+         "missing tensor model.layers.1.mlp.experts.3.up_proj.weight"),
+    ],
+}
+
+
+@pytest.mark.parametrize("arch", sorted(STRICT_CASES))
+def test_import_is_strict(arch, tokenizer, tmp_path):
+    cfg = tiny(arch, tokenizer_of(arch, tokenizer))
+    state = state_of(build(arch, cfg, 0))
+    for i, (edit, message) in enumerate(STRICT_CASES[arch]):
         out = str(tmp_path / f"case{i}")
         export.export_state(cfg, state, out, None, log=lambda *_: None)
         _rewrite(out, edit)
@@ -296,15 +393,23 @@ def test_import_is_strict(tokenizer, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ MINDIR + CLI
+RUN_RECIPE = {"pangu_pro_moe": "recipes/pangu_pro_moe/pretrain_tiny.yaml",
+              "pangu_ultra_moe": "recipes/pangu_ultra_moe/pretrain_tiny.yaml",
+              "mindvl": "recipes/mindvl/warmup_tiny.yaml"}
+
+
 def make_run(tmp_path, tokenizer, arch="pangu_pro_moe", name="run"):
-    """A run directory as recipes.run leaves it (config.yaml + one checkpoint), without training."""
-    recipe, _ = load_recipe(f"recipes/{arch}/pretrain_tiny.yaml", [f"run.root={tmp_path}", f"run.name={name}"])
-    cfg = tiny(arch, tokenizer)
+    """A run directory as recipes.run leaves it (config.yaml + one checkpoint), without training; a MindVL
+    run also gets the preprocessor_config.json (with a search record) that mindvl.evaluate writes."""
+    recipe, _ = load_recipe(RUN_RECIPE[arch], [f"run.root={tmp_path}", f"run.name={name}"])
+    cfg = tiny(arch, tokenizer_of(arch, tokenizer))
     run = tmp_path / name
     os.makedirs(run)
     dump_yaml(recipe, cfg, str(run / "config.yaml"))
-    model = registry.build_model(cfg, seed=2)
+    model = build(arch, cfg, 2)
     ck.save(str(run / "checkpoints"), 7, state_of(model), None, {"step": 7}, keep_last=2)
+    if arch == "mindvl":
+        vl_processor().save(str(run))
     return str(run), cfg, model
 
 
@@ -339,17 +444,26 @@ def test_cli_and_mindir(tokenizer, tmp_path, capsys):
     assert "--shard-size: cannot parse 'lots'" in err and err.count("\n") == 2
 
 
-def test_import_to_run_then_export_again_is_identical(tokenizer, tmp_path):
-    """Hub dir -> our run-like directory (init_from-able) -> Hub dir again: byte-identical weights."""
+@pytest.mark.parametrize("arch", ["pangu_ultra_moe", "mindvl"])
+def test_import_to_run_then_export_again_is_identical(arch, tokenizer, tmp_path):
+    """Hub dir -> our run-like directory (init_from-able) -> Hub dir again: byte-identical files
+    (MindVL: also tokenizer.json and preprocessor_config.json with its resolution-search record)."""
     from recipes import import_hf, weights
 
-    run, cfg, model = make_run(tmp_path, tokenizer, "pangu_ultra_moe")
+    run, cfg, model = make_run(tmp_path, tokenizer, arch)
     first, second, ours = str(tmp_path / "hf1"), str(tmp_path / "hf2"), str(tmp_path / "ours")
     export.export_run(run, first, shard_size="200KB", log=lambda *_: None)
     step_dir = import_hf.import_to_run(first, ours, log=lambda *_: None)
     assert ck.resolve_init_from(ours) == step_dir
     recipe, cfg2 = weights.load_run_config(ours)
-    assert cfg2 == cfg and recipe.data.tokenizer_model == os.path.join(ours, "tokenizer.model")
+    assert same_config(arch, cfg2, cfg)
+    if arch == "mindvl":
+        assert (recipe.data.min_pixels, recipe.data.max_pixels) == (3136, 7056)
+        assert sorted(f for f in os.listdir(first) if not f.endswith(".safetensors")) == [
+            "config.json", "generation_config.json", "model.safetensors.index.json", "preprocessor_config.json",
+            "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
+    else:
+        assert recipe.data.tokenizer_model == os.path.join(ours, "tokenizer.model")
     export.export_run(ours, second, shard_size="200KB", log=lambda *_: None)
     names = sorted(os.listdir(first))
     assert names == sorted(os.listdir(second))
@@ -358,25 +472,133 @@ def test_import_to_run_then_export_again_is_identical(tokenizer, tmp_path):
             assert a.read() == b.read(), name
 
 
-def test_mindvl_export_import_tensors(tmp_path):
-    """MindVL (Qwen2.5-VL layout) through the same sharded writer; tensors come back exactly."""
-    pytest.importorskip("mindvl.convert")
-    from mindvl.config import PRESETS
+def test_mindvl_run_export_files_and_mindir(tokenizer, tmp_path, capsys):
+    """`python -m recipes.export RUN` of a MindVL run: Qwen2.5-VL tensors readable by the safetensors
+    library, config / generation / tokenizer / processor files, and a MINDIR of the multimodal graph."""
+    import mindspore as ms
+    from mindspore import nn
 
-    cfg = PRESETS["tiny"]()
-    ad = export.adapter("mindvl")
-    model = ad.build_model(cfg, 1)
-    state = state_of(model)
-    out = str(tmp_path / "vl")
-    export.export_state(cfg, state, out, None, "fp32", "100KB", log=lambda *_: None)
+    from mindvl import convert as vl
+    from mindvl.processor import SPECIAL_TOKENS, ByteTokenizer, ImageProcessor
+
+    run, cfg, model = make_run(tmp_path, tokenizer, "mindvl")
+    out = str(tmp_path / "hf")
+    assert export.main([run, "--out", out, "--shard-size", "300KB", "--mindir", "--mindir-seq-len", str(VL_SEQ),
+                        "--mindir-patches", str(VL_PATCHES)]) == 0
+    assert "exported mindvl" in capsys.readouterr().out
+    files = sorted(os.listdir(out))
+    shards = [f for f in files if f.endswith(".safetensors")]
+    assert len(shards) > 1 and sorted(set(files) - set(shards)) == [
+        "config.json", "generation_config.json", "model.mindir", "model.safetensors.index.json",
+        "preprocessor_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
+
+    # tensors: exactly the Qwen2.5-VL names and shapes, F32, the index naming every shard's tensors
     found = read_all(out)
-    assert found["visual.patch_embed.proj.weight"][1] == (cfg.vision_config.hidden_size, 3, 2, 14, 14)
-    assert "model.layers.0.mlp.experts.3.up_proj.weight" in found and "lm_head.weight" in found
+    assert {n: s for n, (_, s) in found.items()} == expected_mindvl(cfg)
+    assert found["visual.patch_embed.proj.weight"] == ("F32", (32, 3, 2, 14, 14))
+    with open(os.path.join(out, export.INDEX_FILE)) as f:
+        assert set(json.load(f)["weight_map"]) == set(found)
+
+    # config.json: Qwen2.5-VL keys, nested vision_config, M-RoPE sections, special ids
     with open(os.path.join(out, "config.json")) as f:
         conf = json.load(f)
-    assert conf["model_type"] == "qwen2_5_vl" and conf["architectures"] == ["Qwen2_5_VLForConditionalGeneration"]
-    cfg2, back = export.import_hf(out)
-    assert cfg2.text_config() == cfg.text_config() and cfg2.vision_config.depth == cfg.vision_config.depth
-    assert sorted(back) == sorted(state)
-    for name, value in state.items():
-        np.testing.assert_array_equal(back[name], value, err_msg=name)
+    v = cfg.vision_config
+    assert conf["architectures"] == ["Qwen2_5_VLForConditionalGeneration"] and conf["model_type"] == "qwen2_5_vl"
+    assert {k: conf["vision_config"][k] for k in ("depth", "hidden_size", "intermediate_size", "num_heads",
+                                                 "patch_size", "spatial_merge_size", "temporal_patch_size",
+                                                 "window_size", "fullatt_block_indexes", "out_hidden_size")} == {
+        "depth": v.depth, "hidden_size": v.hidden_size, "intermediate_size": v.intermediate_size,
+        "num_heads": v.num_heads, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+        "window_size": 112, "fullatt_block_indexes": list(v.fullatt_block_indexes),
+        "out_hidden_size": cfg.text_config().hidden_size}
+    assert conf["rope_scaling"] == {"type": "mrope", "mrope_section": list(model.mrope_section)}
+    assert (conf["image_token_id"], conf["vision_start_token_id"], conf["vision_end_token_id"]) == (6, 4, 5)
+    assert (conf["eos_token_id"], conf["pad_token_id"], conf["torch_dtype"]) == (3, 0, "float32")
+    with open(os.path.join(out, "generation_config.json")) as f:
+        assert json.load(f) == {"bos_token_id": None, "eos_token_id": [3, 1], "pad_token_id": 0, "do_sample": False}
+
+    # preprocessor_config.json: pixel budget, patch geometry, CLIP mean/std and the resolution-search record
+    with open(os.path.join(out, "preprocessor_config.json")) as f:
+        pre = json.load(f)
+    assert (pre["min_pixels"], pre["max_pixels"], pre["size"]) == (3136, 7056, {"shortest_edge": 3136,
+                                                                               "longest_edge": 7056})
+    assert (pre["patch_size"], pre["merge_size"], pre["temporal_patch_size"]) == (14, 2, 2)
+    assert pre["image_mean"] == [0.48145466, 0.4578275, 0.40821073] and pre["image_std"] == [0.26862954, 0.26130258,
+                                                                                              0.27577711]
+    assert pre["image_processor_type"] == "Qwen2VLImageProcessor" and pre["processor_class"] == "Qwen2_5_VLProcessor"
+    assert pre["extra"]["resolution_search"] == vl_processor().extra["resolution_search"]
+    assert ImageProcessor.load(out) == vl_processor()
+
+    # tokenizer: tokenizer.json is byte-level BPE with our ids; load_tokenizer rebuilds the ByteTokenizer
+    with open(os.path.join(out, "tokenizer.json"), encoding="utf-8") as f:
+        tj = json.load(f)
+    vocab = tj["model"]["vocab"]
+    assert len(vocab) == 263 and tj["model"]["merges"] == [] and tj["pre_tokenizer"]["type"] == "ByteLevel"
+    assert [(t["id"], t["content"]) for t in tj["added_tokens"]] == list(enumerate(SPECIAL_TOKENS))
+    to_byte = {vocab[c]: b for b, c in enumerate(vl._byte_chars())}
+    tk = ByteTokenizer()
+    text = "What colour is the shape at the top left? — 7 ü"
+    assert bytes(to_byte[i] for i in tk.encode(text)).decode("utf-8") == text
+    assert isinstance(vl.load_tokenizer(out), ByteTokenizer)
+    with open(os.path.join(out, "tokenizer_config.json")) as f:
+        tc = json.load(f)
+    assert tc["tokenizer_class"] == "PreTrainedTokenizerFast" and tc["eos_token"] == "<|im_end|>"
+    assert "<|vision_start|><|image_pad|><|vision_end|>" in tc["chat_template"]
+
+    # MINDIR: the multimodal inference graph reproduces the reference model's logits
+    batch = vl_batch()
+    batch = {k: v[:1] for k, v in batch.items()}
+    graph = nn.GraphCell(ms.load(os.path.join(out, "model.mindir")))
+    portable = export.portable_config(cfg)
+    assert portable.text_config().attention_impl == portable.text_config().ops_impl == "reference"
+    ref = build("mindvl", portable, 0)
+    for name, p in ref.parameters_and_names():
+        p.set_data(dict(model.parameters_and_names())[name].data)
+    from mindvl.model import batch_args
+
+    got = graph(*batch_args(ref, batch)).asnumpy()
+    np.testing.assert_array_equal(got, vl_logits(ref, batch))
+
+    # the run without a preprocessor_config.json exports the recipe's pixel budget (no record)
+    os.remove(os.path.join(run, "preprocessor_config.json"))
+    recipe, _ = load_recipe(RUN_RECIPE["mindvl"])
+    assets = export.adapter("mindvl").run_assets(recipe, run)
+    assert assets["processor"] == recipe.data.processor() and assets["processor"].extra == {}
+
+
+def test_mindvl_assets_refuse_foreign_tokenizer_and_processor(tokenizer, tmp_path):
+    """One-line errors: a tokenizer.json that is not the ByteTokenizer, a processor whose patches do not
+    fit the ViT (on export and on import)."""
+    from recipes import import_hf
+
+    from mindvl.processor import ByteTokenizer, ImageProcessor
+
+    cfg = tiny("mindvl", ByteTokenizer())
+    state = state_of(build("mindvl", cfg, 0))
+    with pytest.raises(ValueError) as err:
+        export.export_state(cfg, state, str(tmp_path / "bad_proc"), ByteTokenizer(), processor=ImageProcessor(
+            patch_size=16), log=lambda *_: None)
+    assert str(err.value).startswith("preprocessor_config.json: patch_size 16 but the model's "
+                                     "vision_config.patch_size is 14") and "\n" not in str(err.value)
+    out = str(tmp_path / "hf")
+    export.export_state(cfg, state, out, ByteTokenizer(), processor=vl_processor(), log=lambda *_: None)
+    path = os.path.join(out, "tokenizer.json")
+    with open(path, encoding="utf-8") as f:
+        tj = json.load(f)
+    tj["model"]["vocab"]["a"], tj["model"]["vocab"]["b"] = tj["model"]["vocab"]["b"], tj["model"]["vocab"]["a"]
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(tj, f)
+    with pytest.raises(ValueError) as err:
+        import_hf.import_to_run(out, str(tmp_path / "ours"), log=lambda *_: None)
+    assert str(err.value).endswith("tokenizer.json: model differs from MindVL's ByteTokenizer (byte-level, ids = "
+                                   "byte + 7, 7 special tokens); this tokenizer cannot be rebuilt here")
+    assert "\n" not in str(err.value)
+    out = str(tmp_path / "hf2")
+    export.export_state(cfg, state, out, ByteTokenizer(), processor=vl_processor(), log=lambda *_: None)
+    with open(os.path.join(out, "preprocessor_config.json")) as f:
+        pre = json.load(f)
+    with open(os.path.join(out, "preprocessor_config.json"), "w") as f:
+        json.dump({**pre, "merge_size": 4}, f)
+    with pytest.raises(ValueError, match=r"^preprocessor_config.json: merge_size 4 but the model's "
+                                         r"vision_config.spatial_merge_size is 2"):
+        import_hf.import_to_run(out, str(tmp_path / "ours2"), log=lambda *_: None)

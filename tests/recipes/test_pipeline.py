@@ -75,3 +75,96 @@ def test_two_stage_pipeline_chains_evaluates_and_resumes(tmp_path):
     assert again[1]["exact_match"] == sft["exact_match"] and again[1]["steps"] == 2
     summary = json.load(open(os.path.join(root, f"{os.path.basename(str(tmp_path))}_pipeline.json")))
     assert [r["stage"] for r in summary["rows"]] == ["pre", "sft", "avg"]
+
+
+def _train_recipe(stage):
+    from recipes.config import load_recipe
+
+    return load_recipe(stage.recipe, ["init_from=null", *stage.overrides])[0]
+
+
+@pytest.mark.parametrize("model", ["pangu_pro_moe", "pangu_ultra_moe", "mindvl"])
+def test_model_pipeline_specs_chain(model):
+    """recipes/<model>/pipeline.yaml: train stages chained by init_from, then average <- last train stage,
+    export <- average; recipes resolve with the stage overrides; distinct run names; the averaged run keeps
+    at least the `--last K` checkpoints the average asks for."""
+    spec = load_spec(os.path.join(REPO, "recipes", model, "pipeline.yaml"))
+    train = [s for s in spec.stages if s.type == "train"]
+    assert [s.type for s in spec.stages] == ["train"] * len(train) + ["average", "export"]
+    assert train[0].init_from is None
+    assert [s.init_from for s in train[1:]] == [s.name for s in train[:-1]]
+    average, exported = spec.stages[-2:]
+    assert (average.source, exported.source) == (train[-1].name, average.name)
+    recipes = [_train_recipe(s) for s in train]
+    assert len({r.run.name for r in recipes}) == len(train)
+    last = int(average.args[average.args.index("--last") + 1])
+    sft = recipes[-1]
+    assert sft.checkpoint.keep_last >= last and sft.train.steps // sft.checkpoint.every >= last
+    assert spec.eval_data_from and os.path.isfile(spec.eval_data_from)
+
+
+def test_mindvl_pipeline_is_scored_by_the_arch_hook():
+    """MindVL: its own run names (never the hand-run runs/*_tiny), evaluated stages multitask/sft/average,
+    scored through the registry `evaluate` hook on the SFT recipe's validation split."""
+    from pangu import registry
+    from recipes.config import load_recipe
+
+    spec = load_spec(os.path.join(REPO, "recipes", "mindvl", "pipeline.yaml"))
+    assert [s.name for s in spec.stages] == ["warmup", "multitask", "sft", "average", "export"]
+    assert [s.name for s in spec.stages if s.evaluate] == ["multitask", "sft", "average"]
+    train = [s for s in spec.stages if s.type == "train"]
+    assert [os.path.basename(s.recipe) for s in train] == ["warmup_tiny.yaml", "multitask_tiny.yaml", "sft_tiny.yaml"]
+    assert [_train_recipe(s).run.name for s in train] == ["mindvl_warmup", "mindvl_multitask", "mindvl_sft"]
+    recipe, _ = load_recipe(spec.eval_data_from, ["init_from=null"])
+    assert recipe.model.arch == "mindvl" and recipe.data.template == "chat"
+    assert registry.get_spec("mindvl")["evaluate"].__name__ == "evaluate_dataset"
+
+
+def test_arch_evaluator_scores_mindvl_run_per_task(tmp_path):
+    """Evaluator on a (untrained) MindVL run: the registry hook's accuracy per task and overall on the first
+    `limit` validation examples, the loss on the validation rows, cached; and the per-task table."""
+    import numpy as np
+
+    from mindvl.config import PRESETS
+    from mindvl.evaluate import evaluate_dataset
+    from mindvl.dataset import MultimodalPackedDataset
+    from pangu import registry
+    from recipes import checkpoint as ck
+    from recipes.config import dump_yaml, load_recipe
+    from recipes.pipeline import Evaluator, format_task_table
+
+    small = {"num_val_samples": 6, "num_samples": 4, "seq_length": 256, "max_patches": 96}
+    eval_recipe = _write(tmp_path / "eval.yaml", {"base": os.path.join(REPO, "recipes", "mindvl", "sft_tiny.yaml"),
+                                                   "data": small, "train": {"micro_batch_size": 2}})
+    spec = _write(tmp_path / "pipeline.yaml", {"eval": {"data_from": "eval.yaml", "limit": 4}, "stages": [
+        {"name": "sft", "type": "train", "recipe": "eval.yaml", "evaluate": True}]})
+    recipe, _ = load_recipe(eval_recipe, ["init_from=null", f"run.root={tmp_path}", "run.name=vl"])
+    cfg = PRESETS["tiny"]()
+    cfg.vocab_size = 263
+    run = tmp_path / "vl"
+    os.makedirs(run)
+    dump_yaml(recipe, cfg, str(run / "config.yaml"))
+    model = registry.build_model(cfg, seed=4)
+    ck.save(str(run / "checkpoints"), 3, {n: p.asnumpy() for n, p in model.parameters_and_names()}, None,
+            {"step": 3}, keep_last=1)
+
+    out = str(run / "pipeline_eval.json")
+    result = Evaluator(load_spec(spec), None, lambda *_: None)(str(run), out)
+    val = MultimodalPackedDataset(recipe.data, "val")
+    first = [val.examples[i] for i in range(4)]
+    assert result["num_examples"] == 4
+    assert set(result["per_task"]) == {ex["task"] for ex in first}
+    model.set_train(False)
+    val.examples = first
+    want = evaluate_dataset(model, val)
+    assert result["accuracy"] == want["val_accuracy"] and all(
+        result["per_task"][t]["accuracy"] == want[f"val_accuracy_{t}"] for t in result["per_task"])
+    assert np.isfinite(result["chat_val_loss"]) and result["chat_val_loss"] > 0
+    with open(out) as f:
+        assert json.load(f)["accuracy"] == result["accuracy"]
+
+    row = {"stage": "sft", "exact_match": 0.5, "eval_n": 4, "per_task": {"ocr": 0.25, "vqa_count": 1.0}}
+    table = format_task_table([{"stage": "warmup"}, row]).splitlines()
+    assert table[0] == "exact match per task" and table[1].split() == ["stage", "ocr", "vqa_count", "overall", "n"]
+    assert table[3].split() == ["sft", "0.250", "1.000", "0.500", "4"] and len(table) == 4
+    assert format_task_table([{"stage": "warmup"}]) == ""
