@@ -1,4 +1,4 @@
-"""One builder for every CPU aot kernel of ops/ (FastAttention, RMSNorm, SwiGLU, RoPE, AdamW).
+"""One builder for every CPU aot kernel of ops/ (FastAttention, RMSNorm, SwiGLU, RoPE, grouped matmul).
 
     python -m ops._build                 # build every kernel that is missing/stale, print the paths
     python -m ops._build rms_norm rope   # only these
@@ -159,6 +159,9 @@ KERNELS = {
     "swiglu": Kernel("swiglu", OPS_ROOT / "swiglu" / "csrc" / "swiglu.cc"),
     "rope": Kernel("rope", OPS_ROOT / "rope" / "csrc" / "rope.cc"),
     "adamw": Kernel("adamw", OPS_ROOT / "adamw" / "csrc" / "adamw.cc"),
+    "grouped_matmul": Kernel("grouped_matmul",
+                             OPS_ROOT / "grouped_matmul" / "csrc" / "grouped_matmul.cc",
+                             link=mindspore_lib("libdnnl.so.3", "dnnl_sgemm")),
 }
 
 
