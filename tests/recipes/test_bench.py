@@ -49,3 +49,18 @@ def test_mindvl_bench_flops_by_hand():
     assert flops["vision_attention"] == 3 * 4 * c * ((v.depth - full) * 48 + full * 80)
     text = model_flops(cfg.text_config(), 4, 512)
     assert flops["total"] == text["total"] + flops["vision_matmul"] + flops["vision_attention"]
+
+
+def test_bench_ab_variant_spec():
+    import pytest
+
+    from recipes.bench_ab import parse_variant
+
+    assert parse_variant("ref|PANGU_OPS_THREADS=2,X=a=b|optimizer.impl=reference train.seed=3") == {
+        "name": "ref", "env": {"PANGU_OPS_THREADS": "2", "X": "a=b"},
+        "overrides": ["optimizer.impl=reference", "train.seed=3"]}
+    assert parse_variant("new||") == {"name": "new", "env": {}, "overrides": []}
+    with pytest.raises(ValueError, match="use NAME\\|ENV\\|OVERRIDES"):
+        parse_variant("no-bars")
+    with pytest.raises(ValueError, match="not VAR=VALUE"):
+        parse_variant("x|THREADS|")
