@@ -1,4 +1,4 @@
-"""One builder for every CPU aot kernel of ops/ (FastAttention, RMSNorm, SwiGLU, RoPE, grouped matmul).
+"""One builder for every CPU aot kernel of ops/ (FastAttention, RMSNorm, SwiGLU, RoPE, grouped matmul, MoE permutation).
 
     python -m ops._build                 # build every kernel that is missing/stale, print the paths
     python -m ops._build rms_norm rope   # only these
@@ -159,6 +159,7 @@ KERNELS = {
     "swiglu": Kernel("swiglu", OPS_ROOT / "swiglu" / "csrc" / "swiglu.cc"),
     "rope": Kernel("rope", OPS_ROOT / "rope" / "csrc" / "rope.cc"),
     "adamw": Kernel("adamw", OPS_ROOT / "adamw" / "csrc" / "adamw.cc"),
+    "moe": Kernel("moe", OPS_ROOT / "moe" / "csrc" / "moe_permute.cc"),
     "grouped_matmul": Kernel("grouped_matmul",
                              OPS_ROOT / "grouped_matmul" / "csrc" / "grouped_matmul.cc",
                              link=mindspore_lib("libdnnl.so.3", "dnnl_sgemm")),

@@ -144,11 +144,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     ms.set_context(mode=ms.GRAPH_MODE)
     import ops.grouped_matmul
+    import ops.moe
     import ops.rms_norm
     import ops.rope
     import ops.swiglu
     for mod in (ops.rms_norm, ops.rope, ops.swiglu, ops.grouped_matmul):
         mod.resolve_impl("fast")      # build/load the kernels before tracing (graph mode cannot lazy-load)
+    ops.moe.resolve_impl("sort_permute", "fast")                 # the MoE permutation kernels too
     rng = np.random.default_rng(0)
     print(f"{'size':6} {'op':26} {'reference ms':>12} {'fast ms':>9} {'ratio':>6}")
     for size in args.sizes:

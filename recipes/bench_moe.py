@@ -2,12 +2,16 @@
 
     python -m recipes.bench_moe                       # Pro bench shape, batched vs grouped vs dense
     python -m recipes.bench_moe --impls grouped batched loop --rounds 9 --tokens 2048
+    python -m recipes.bench_moe --arch pangu_ultra_moe --impls grouped dense   # the Ultra layer
+    python -m recipes.bench_moe --impls grouped grouped-compose dense   # permutation kernels A/B
 
 The layer is the Pro MoE bench preset's (H 512, E 16 experts, K 4, I 256, shared expert 512, MoGE
-router), built like the model builds it; dense = SwiGLUMLP(H, K*I + shared), the "MoE vs dense"
+router), built like the model builds it (--arch pangu_ultra_moe: the Ultra bench preset's UltraMoE,
+sigmoid top-k router with selection bias, 1 shared expert of I, built by pangu/ultra_moe/model.py); dense = SwiGLUMLP(H, K*I + shared), the "MoE vs dense"
 reference of `python -m recipes.bench`. Each variant is `ms.jit(ms.value_and_grad(loss, params))`
 with loss = mean(y^2) (+ balance for the MoE), forward + backward on the same [tokens, H] input.
-Variants run interleaved (round-robin) so load from other processes hits all alike; the median
+"<impl>-compose" is expert_impl <impl> compiled with `ops.moe.use_kernels(False)` (the sort/gather
+composition instead of the CPU permutation kernels). Variants run interleaved (round-robin) so load from other processes hits all alike; the median
 over rounds is reported with the load average at the start and the end.
 """
 import argparse
@@ -24,8 +28,17 @@ def _sync(out):
     out.asnumpy()
 
 
+def shared_width(cfg):
+    """Shared-expert intermediate size of a Pro or Ultra config."""
+    if hasattr(cfg, "shared_expert_intermediate_size"):
+        return cfg.shared_expert_intermediate_size
+    return cfg.num_shared_experts * cfg.moe_intermediate_size
+
+
 def build(cfg, impl):
     """A MoE layer (expert_impl=impl) or the equal-FLOP dense MLP (impl="dense"), init N(0, 0.02)."""
+    import dataclasses
+
     from ops._dispatch import impl_scope
     from pangu.common.init import init_normal
     from pangu.common.layers import dtype_of
@@ -35,7 +48,10 @@ def build(cfg, impl):
     h, k, i = cfg.hidden_size, cfg.num_experts_per_tok, cfg.moe_intermediate_size
     with impl_scope(cfg.ops_impl):
         if impl == "dense":
-            return init_normal(SwiGLUMLP(h, k * i + cfg.shared_expert_intermediate_size), 0.02, 0)
+            return init_normal(SwiGLUMLP(h, k * i + shared_width(cfg)), 0.02, 0)
+        if not hasattr(cfg, "num_groups"):                       # Ultra: the model's own layer
+            from pangu.ultra_moe.model import UltraMoE
+            return init_normal(UltraMoE(dataclasses.replace(cfg, expert_impl=impl)), 0.02, 0)
         router = MoGERouter(h, cfg.num_experts, cfg.num_groups)
         moe = MoE(h, i, cfg.num_experts, k, router, cfg.shared_expert_intermediate_size, impl,
                   dtype_of(cfg.compute_dtype), imbalance_devices=cfg.num_groups)
@@ -59,12 +75,13 @@ def step_fn(cell, impl):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--impls", nargs="+", default=["batched", "grouped", "dense"],
-                        help="expert_impl values and/or 'dense'")
+                        help="expert_impl values (+ '-compose': without the permutation kernels) and/or 'dense'")
     parser.add_argument("--tokens", type=int, default=2048, help="T (bench preset: 4 x 512)")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--preset", default="bench")
+    parser.add_argument("--arch", default="pangu_pro_moe", choices=["pangu_pro_moe", "pangu_ultra_moe"])
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                        help="Pro config overrides, e.g. num_experts=32 (ints only)")
+                        help="config overrides, e.g. num_experts=32 (ints only)")
     args = parser.parse_args(argv)
 
     import mindspore as ms
@@ -72,14 +89,19 @@ def main(argv=None):
     from pangu import registry
 
     ms.set_context(mode=ms.GRAPH_MODE)
-    cfg = registry.get_config("pangu_pro_moe", args.preset,
+    cfg = registry.get_config(args.arch, args.preset,
                               **{kv.split("=")[0]: int(kv.split("=")[1]) for kv in args.set})
     x = Tensor(np.random.default_rng(0).standard_normal((args.tokens, cfg.hidden_size), np.float32))
     fns = {}
+    import ops.moe as moe_ops
+
     for impl in args.impls:
-        fns[impl] = step_fn(build(cfg, impl), impl)
+        base_impl = impl.removesuffix("-compose")
+        fns[impl] = step_fn(build(cfg, base_impl), base_impl)
         t = time.perf_counter()
+        moe_ops.use_kernels(not impl.endswith("-compose"))       # read when the graph compiles
         _sync(fns[impl](x))                                       # compile
+        moe_ops.use_kernels(True)
         print(f"{impl}: compiled in {time.perf_counter() - t:.1f}s", flush=True)
         for _ in range(2):
             _sync(fns[impl](x))                                   # warm up
@@ -91,8 +113,9 @@ def main(argv=None):
             _sync(fn(x))
             times[impl].append(time.perf_counter() - t)
     load1 = os.getloadavg()
-    print(f"T={args.tokens} H={cfg.hidden_size} E={cfg.num_experts} K={cfg.num_experts_per_tok} "
-          f"I={cfg.moe_intermediate_size} shared={cfg.shared_expert_intermediate_size}, "
+    n_exp = getattr(cfg, "num_experts", None) or cfg.num_routed_experts
+    print(f"T={args.tokens} H={cfg.hidden_size} E={n_exp} K={cfg.num_experts_per_tok} "
+          f"I={cfg.moe_intermediate_size} shared={shared_width(cfg)}, "
           f"fwd+bwd, median of {args.rounds} interleaved rounds; load average "
           f"{load0[0]:.2f} -> {load1[0]:.2f}")
     base = statistics.median(times["dense"]) if "dense" in times else None
