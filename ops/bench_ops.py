@@ -25,6 +25,7 @@ SIZES = {  # T tokens, H hidden, rope [B, N, S, D], E experts, K per token
 def _cases(sz, rng):
     """(name, make(impl) -> fwd+bwd callable, args) for every op at size `sz`."""
     import ops.moe as moe
+    from ops.grouped_matmul import grouped_matmul
     from ops.rms_norm import rms_norm
     from ops.rope import apply_rope, rotary_tables
     from ops.swiglu import swiglu
@@ -85,6 +86,13 @@ def _cases(sz, rng):
             return moe.expert_counts(ex, e, impl)
         return run
 
+    def gmm(impl):
+        def loss(x, w):
+            return grouped_matmul(x, w, counts_E, impl).sum()
+        return ms.value_and_grad(loss, grad_position=(0, 1))
+
+    counts_E = Tensor(np.bincount(experts.asnumpy().ravel(), minlength=e).astype(np.int32))
+
     def sort_perm(impl):
         def loss(x, w):
             x_ah, order, _ = moe.sort_permute(x, experts, e, impl)
@@ -101,8 +109,11 @@ def _cases(sz, rng):
         ("topk_route sigmoid+bias", topk("sigmoid", True), (f32(t, e),)),
         ("permute_plan", plan, (experts,)),
         ("expert_counts", counts, (experts,)),
-    ] + ([("sort_permute+unpermute", sort_perm, (f32(t, h), f32(t, k)))] if t * k <= 4096 else [])
-    # (the sort_permute reference is an O(A^2) one-hot matmul, meant for tests: tiny size only)
+    ] + ([("sort_permute+unpermute", sort_perm, (f32(t, h), f32(t, k))),
+          ("grouped_matmul", gmm, (f32(t * k, h), f32(e, h // 2, h)))] if t * k <= 4096 else [])
+    # (the sort_permute reference is an O(A^2) one-hot matmul and the grouped_matmul reference does
+    # E times the FLOPs, both meant for tests: tiny size only; `python -m recipes.bench_moe` times
+    # the grouped expert path at the bench shape)
 
 
 def _first(out):
@@ -132,11 +143,14 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=40)
     args = parser.parse_args(argv)
     ms.set_context(mode=ms.GRAPH_MODE)
+    import ops.grouped_matmul
+    import ops.moe
     import ops.rms_norm
     import ops.rope
     import ops.swiglu
-    for mod in (ops.rms_norm, ops.rope, ops.swiglu):  # build/load the kernels before tracing
-        mod.resolve_impl("fast")                      # (graph mode cannot lazy-load)
+    for mod in (ops.rms_norm, ops.rope, ops.swiglu, ops.grouped_matmul):
+        mod.resolve_impl("fast")      # build/load the kernels before tracing (graph mode cannot lazy-load)
+    ops.moe.resolve_impl("sort_permute", "fast")                 # the MoE permutation kernels too
     rng = np.random.default_rng(0)
     print(f"{'size':6} {'op':26} {'reference ms':>12} {'fast ms':>9} {'ratio':>6}")
     for size in args.sizes:

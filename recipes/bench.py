@@ -39,6 +39,7 @@ import numpy as np
 ARCHS = {  # arch -> recipe the bench run derives from (bench preset, preset vocab, seq 512, batch 4)
     "pangu_pro_moe": "recipes/pangu_pro_moe/pretrain_tiny.yaml",
     "pangu_ultra_moe": "recipes/pangu_ultra_moe/pretrain_tiny.yaml",
+    "mindvl": "recipes/mindvl/bench.yaml",   # already at the bench preset; rows of 512 tokens + 512 patches
 }
 SHORT = {"pangu_pro_moe": "Pro MoE", "pangu_ultra_moe": "Ultra MoE", "mindvl": "MindVL"}
 DOCS = "docs"
@@ -50,8 +51,17 @@ def _swiglu(h, i):
     return 3 * h * i
 
 
-def model_flops(cfg, batch: int, seq: int) -> dict:
-    """Training FLOPs of one step (3 x forward) of a Pangu Pro / Ultra MoE config, by component."""
+def model_flops(cfg, batch: int, seq: int, vision_stats: dict | None = None) -> dict:
+    """Training FLOPs of one step (3 x forward) of a Pangu Pro / Ultra MoE or MindVL config, by component.
+
+    MindVL = its decoder (batch x seq tokens, as for the text models) + the vision tower on the REAL
+    patches of the step (`vision_stats`, from `vision_step_stats`: padding slots are not counted)."""
+    if type(cfg).__name__ == "MindVLConfig":
+        out = model_flops(cfg.text_config(), batch, seq)
+        vis = vision_flops(cfg.vision_config, cfg.text_config().hidden_size, vision_stats)
+        out.update(vis)
+        out["total"] = sum(v for k, v in out.items() if k != "total")
+        return out
     name = type(cfg).__name__
     h, v, t = cfg.hidden_size, cfg.vocab_size, batch * seq
     causal_pairs = batch * seq * (seq + 1) / 2  # (query, key) pairs per head under the causal mask
@@ -84,6 +94,39 @@ def model_flops(cfg, batch: int, seq: int) -> dict:
     out = {k: 3 * float(x) for k, x in fwd.items()}
     out["total"] = sum(out.values())
     return out
+
+
+def vision_step_stats(batches) -> dict:
+    """Mean per step of what the ViT really computes: patches, and attention (query, key) pairs of the
+    window blocks (pairs within each window) and of the full blocks (pairs within each image)."""
+    patches = window_pairs = image_pairs = 0.0
+    for b in batches:
+        seg, win = np.asarray(b["vit_segment_ids"]), np.asarray(b["vit_window_ids"])
+        patches += float((seg > 0).sum())
+        for ids, acc in ((win, "w"), (seg, "i")):
+            pairs = 0.0
+            for row in ids:
+                counts = np.bincount(row[row > 0])
+                pairs += float((counts.astype(np.float64) ** 2).sum())
+            if acc == "w":
+                window_pairs += pairs
+            else:
+                image_pairs += pairs
+    n = max(1, len(batches))
+    return {"patches": patches / n, "window_pairs": window_pairs / n, "image_pairs": image_pairs / n}
+
+
+def vision_flops(v, out_hidden: int, stats: dict) -> dict:
+    """Training FLOPs (3 x forward) of the ViT + merger: per real patch the patch embedding and each
+    block's qkv / proj / SwiGLU matmuls, per merged token the merger MLP; attention 2 x pairs x
+    (Dqk + Dv) per head summed = 4 x pairs x C per block (non-causal: every pair in a window/image)."""
+    c, i = v.hidden_size, v.intermediate_size
+    c4 = c * v.spatial_merge_size ** 2
+    full = len(v.fullatt_block_indexes)
+    per_patch = v.patch_dim * c + v.depth * (4 * c * c + 3 * c * i)
+    merger = (c4 * c4 + c4 * out_hidden) * stats["patches"] / v.spatial_merge_size ** 2
+    attn = 4 * c * ((v.depth - full) * stats["window_pairs"] + full * stats["image_pairs"])
+    return {"vision_matmul": 3 * 2 * (per_patch * stats["patches"] + merger), "vision_attention": 3 * attn}
 
 
 # ---------------------------------------------------------------------------------------------- timing
@@ -133,10 +176,14 @@ def _bench_recipe(arch: str, run_root: str, extra=()):
     from recipes.config import load_recipe
     from pangu import registry
 
-    vocab = registry.get_config(arch, "bench").vocab_size  # keep the preset's vocab (not the tokenizer's)
-    overrides = ["model.preset=bench", f"model.vocab_size={vocab}", "data.seq_length=512",
-                 "data.num_documents=3000", "train.micro_batch_size=4", "train.grad_accum_steps=1",
-                 "checkpoint.every=0", f"run.root={run_root}", f"run.name={arch}", *extra]
+    cfg = registry.get_config(arch, "bench")
+    text = cfg.text_config() if hasattr(cfg, "text_config") else cfg
+    # keep the preset's vocabulary (not the tokenizer's): the lm_head is part of the model's cost
+    overrides = ["model.preset=bench", f"model.vocab_size={text.vocab_size}", "data.seq_length=512",
+                 "train.micro_batch_size=4", "train.grad_accum_steps=1", "checkpoint.every=0",
+                 f"run.root={run_root}", f"run.name={arch}", *extra]
+    if arch != "mindvl":
+        overrides.insert(3, "data.num_documents=3000")
     return load_recipe(ARCHS[arch], overrides)
 
 
@@ -156,9 +203,13 @@ def bench_train_step(arch: str, steps: int, warmup: int, run_root: str, extra=()
     stream = trainer.train_data.batches(b, start=0, seed=recipe.train.seed)
     shares = np.array([1.0])
 
-    def one(i):
+    timed = []   # the ViT fields of the timed steps' batches (MindVL: its FLOPs depend on the images)
+
+    def one(i, record=False):
         lr = learning_rate(i, 1000, recipe.optimizer, recipe.schedule)
         batch = next(stream)
+        if record and "vit_segment_ids" in batch:
+            timed.append({k: batch[k] for k in ("vit_segment_ids", "vit_window_ids")})
         t0 = time.perf_counter()
         out = trainer.optimizer_step([batch], shares, lr)
         return time.perf_counter() - t0, out
@@ -168,7 +219,7 @@ def bench_train_step(arch: str, steps: int, warmup: int, run_root: str, extra=()
         one(1 + i)
     times, losses = [], []
     for i in range(steps):
-        dt, out = one(1 + warmup + i)
+        dt, out = one(1 + warmup + i, record=True)
         times.append(dt)
         losses.append(out[0])
     step_s = statistics.median(times)
@@ -187,7 +238,8 @@ def bench_train_step(arch: str, steps: int, warmup: int, run_root: str, extra=()
             pairs.append((slow, fast))
         ab = {"unfused_s": statistics.median(p[0] for p in pairs), "fused_s": statistics.median(p[1] for p in pairs)}
         ab["speedup"] = ab["unfused_s"] / ab["fused_s"]
-    flops = model_flops(trainer.model_cfg, b, s)
+    vision = vision_step_stats(timed) if timed else None
+    flops = model_flops(trainer.model_cfg, b, s, vision)
     res = {
         "arch": arch, "batch": b, "seq": s, "tokens_per_step": b * s,
         "build_s": build_s, "compile_s": compile_s, "step_s": step_s,
@@ -196,6 +248,8 @@ def bench_train_step(arch: str, steps: int, warmup: int, run_root: str, extra=()
         "loss_first": losses[0], "loss_last": losses[-1], "fused_step": bool(getattr(trainer, "_fused", False)),
         "params": int(sum(int(np.prod(p.shape)) for p in trainer.model.get_parameters())),
     }
+    if vision:
+        res["vision"] = vision
     if ab:
         res["fused_vs_unfused"] = ab
     return res, trainer
@@ -212,6 +266,7 @@ def bench_moe_vs_dense(trainer, tokens: int, repeats: int) -> dict:
 
     moe = next(c for _, c in trainer.model.cells_and_names() if isinstance(c, MoE))
     cfg = trainer.model_cfg
+    cfg = cfg.text_config() if hasattr(cfg, "text_config") else cfg   # MindVL: its decoder's MoE
     h = cfg.hidden_size
     k = cfg.num_experts_per_tok
     shared = getattr(cfg, "shared_expert_intermediate_size", None)
@@ -301,8 +356,8 @@ def table(result: dict) -> str:
     peak = result["matmul_peak_flops_per_s"]
     rows = [("model", "step s", "tok/s", "GFLOP/step", "GFLOP/s", "MFU", "compile s", "MoE/dense", "data x")]
     for arch, r in result["models"].items():
-        if "error" in r or "pending" in r:
-            rows.append((SHORT.get(arch, arch), r.get("pending") or "error: " + r["error"][:60], *[""] * 7))
+        if "error" in r:
+            rows.append((SHORT.get(arch, arch), "error: " + r["error"][:60], *[""] * 7))
             continue
         rows.append((
             SHORT.get(arch, arch), f"{r['step_s']:.3f}", f"{r['tokens_per_s']:.0f}",
@@ -337,8 +392,8 @@ def markdown_block(result: dict) -> str:
            "| MoE / dense MLP (fwd+bwd) | data rows/s ÷ consumed |",
            "|---|---|---|---|---|---|---|---|---|"]
     for arch, r in result["models"].items():
-        if "error" in r or "pending" in r:
-            out.append(f"| {SHORT.get(arch, arch)} | {r.get('pending') or 'error: ' + r['error'][:80]} |||||||| ")
+        if "error" in r:
+            out.append(f"| {SHORT.get(arch, arch)} | error: {r['error'][:80]} |||||||| ")
             continue
         moe = f"{r['moe']['ratio_fwdbwd']:.2f}× ({r['moe']['moe_fwdbwd_s']:.3f} / {r['moe']['dense_fwdbwd_s']:.3f} s)" \
             if "moe" in r else "-"
@@ -440,6 +495,10 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     skip = set(filter(None, args.skip.split(",")))
+    models = [a for a in args.models.split(",") if a]
+    unknown = [a for a in models if a not in ARCHS]
+    if unknown:
+        ap.error(f"--models: unknown {unknown}; choose from {sorted(ARCHS)}")
     import mindspore as ms
 
     ms.set_device("CPU")
@@ -454,11 +513,7 @@ def main(argv=None) -> dict:
     print(f"load average {result['loadavg_start']}; measuring matmul peak ...", flush=True)
     result["matmul_peak_before"] = matmul_peak()
     run_root = tempfile.mkdtemp(prefix="bench_runs_")
-    for arch in [a for a in args.models.split(",") if a]:
-        if arch not in ARCHS:
-            result["models"][arch] = {"pending": "pending: no bench entry yet (recipe + vision-tower FLOP formula)"}
-            print(f"{arch}: pending (no bench entry yet)", flush=True)
-            continue
+    for arch in models:
         print(f"{arch}: train step ...", flush=True)
         try:
             r, trainer = bench_train_step(arch, args.steps, args.warmup, run_root, args.overrides, not args.no_fuse,

@@ -44,6 +44,7 @@ class OptimizerConfig:
     eps: float = 1e-8  # denominator epsilon
     weight_decay: float = 0.1  # decoupled decay on matrices (not on norms, biases or router scales)
     grad_clip: float = 1.0  # clip the global gradient norm to this value; 0 disables clipping
+    impl: Literal["auto", "reference", "fast", "ascend"] = "auto"  # update kernel (ops.adamw): auto = one-pass CPU kernel when built
 
 
 @dataclass

@@ -343,7 +343,8 @@ def portable_config(model_cfg):
     """The config with every op implementation switch (`*_impl` set to auto/fast/ascend) on "reference".
 
     The CPU fast paths are custom aot ops whose compiled .so is not part of a MINDIR file, so the graph
-    is exported with plain MindSpore ops (expert_impl batched/loop is plain ops either way and kept).
+    is exported with plain MindSpore ops: expert_impl "grouped" (aot grouped-matmul kernel) becomes
+    "batched" (same maths in plain ops, active FLOPs + padding); batched/loop are plain ops and kept.
     """
     if callable(getattr(model_cfg, "text_config", None)):  # MindVL: the switches live in the decoder config
         text = portable_config(model_cfg.text_config())
@@ -351,6 +352,8 @@ def portable_config(model_cfg):
         return dataclasses.replace(model_cfg, text_overrides={**model_cfg.text_overrides, **switches})
     switches = {f.name: "reference" for f in dataclasses.fields(model_cfg)
                 if f.name.endswith("_impl") and getattr(model_cfg, f.name) in ("auto", "fast", "ascend")}
+    if getattr(model_cfg, "expert_impl", None) == "grouped":
+        switches["expert_impl"] = "batched"
     return dataclasses.replace(model_cfg, **switches)
 
 

@@ -12,6 +12,7 @@ import math
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
+import ops.adamw as adamw_ops
 from recipes.config import OptimizerConfig, ScheduleConfig
 
 
@@ -36,7 +37,11 @@ def decays(name: str, shape: tuple) -> bool:
 
 
 class AdamW(nn.Cell):
-    """AdamW (Loshchilov & Hutter) with bias correction; `construct(grads, lr)` updates in place."""
+    """AdamW (Loshchilov & Hutter) with bias correction; `construct(grads, lr)` updates in place.
+
+    The per-parameter update is `ops.adamw.adamw_update` (one-pass CPU kernel when built, else the
+    plain composition; `optimizer.impl` picks), its results assigned to the parameter and moments.
+    """
 
     def __init__(self, params, cfg: OptimizerConfig):
         super().__init__(auto_prefix=False)
@@ -46,8 +51,12 @@ class AdamW(nn.Cell):
         self.step = Parameter(Tensor(0, ms.int32), name="adam_step", requires_grad=False)
         self.beta1 = cfg.beta1
         self.beta2 = cfg.beta2
-        self.eps = cfg.eps
-        self.wd_mask = tuple(cfg.weight_decay if decays(p.name, p.shape) else 0.0 for p in self.params)
+        self.decays = tuple(decays(p.name, p.shape) for p in self.params)
+        # hyper = [lr, bias1, bias2, grad_scale | beta1, beta2, eps, weight_decay]: the constant tail,
+        # with and without decay, joins the per-step head once per step.
+        self.tail_decay = Tensor([cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay], ms.float32)
+        self.tail_plain = Tensor([cfg.beta1, cfg.beta2, cfg.eps, 0.0], ms.float32)
+        self.impl = adamw_ops.resolve_impl(cfg.impl)   # resolved once, at build
         self.hyper_map = ops.HyperMap()
 
     def state_parameters(self) -> list[Parameter]:
@@ -55,15 +64,8 @@ class AdamW(nn.Cell):
         return list(self.exp_avg) + list(self.exp_avg_sq) + [self.step]
 
     def construct(self, grads, lr):
-        step = self.step + 1
-        ops.assign(self.step, step)
-        t = ops.cast(step, ms.float32)
-        bias1 = 1.0 - ops.pow(self.beta1, t)
-        bias2 = 1.0 - ops.pow(self.beta2, t)
-        return self.hyper_map(
-            ops.partial(_adamw_update, self.beta1, self.beta2, self.eps, lr, bias1, bias2),
-            self.params, self.exp_avg, self.exp_avg_sq, grads, self.wd_mask,
-        )
+        self._update(grads, lr, ops.ones((), ms.float32))
+        return True
 
     def update_if(self, applied, grads, lr, grad_scale):
         """`construct(grads * grad_scale, lr)` when the bool tensor `applied` is true, else leave
@@ -71,28 +73,25 @@ class AdamW(nn.Cell):
         train step: the scale (gradient clipping) is folded into the update instead of a pass
         over all gradients, and the skip needs no trip to the host."""
         if applied:
-            step = self.step + 1
-            ops.assign(self.step, step)
-            t = ops.cast(step, ms.float32)
-            bias1 = 1.0 - ops.pow(self.beta1, t)
-            bias2 = 1.0 - ops.pow(self.beta2, t)
-            self.hyper_map(
-                ops.partial(_adamw_update_scaled, self.beta1, self.beta2, self.eps, lr, bias1, bias2, grad_scale),
-                self.params, self.exp_avg, self.exp_avg_sq, grads, self.wd_mask,
-            )
+            self._update(grads, lr, grad_scale)
         return applied
 
+    def _update(self, grads, lr, grad_scale):
+        step = self.step + 1
+        ops.assign(self.step, step)
+        t = ops.cast(step, ms.float32)
+        head = ops.stack([ops.cast(lr, ms.float32), 1.0 - ops.pow(self.beta1, t), 1.0 - ops.pow(self.beta2, t),
+                          ops.cast(grad_scale, ms.float32)])
+        with_decay = ops.concat((head, self.tail_decay))
+        without = ops.concat((head, self.tail_plain))
+        hypers = tuple([with_decay if d else without for d in self.decays])
+        return self.hyper_map(ops.partial(_adamw_apply, self.impl), self.params, self.exp_avg,
+                              self.exp_avg_sq, grads, hypers)
 
-def _adamw_update_scaled(beta1, beta2, eps, lr, bias1, bias2, scale, param, m, v, grad, wd):
-    return _adamw_update(beta1, beta2, eps, lr, bias1, bias2, param, m, v, ops.cast(grad, ms.float32) * scale, wd)
 
-
-def _adamw_update(beta1, beta2, eps, lr, bias1, bias2, param, m, v, grad, wd):
-    grad = ops.cast(grad, ms.float32)
-    m_new = beta1 * m + (1.0 - beta1) * grad
-    v_new = beta2 * v + (1.0 - beta2) * grad * grad
-    update = (m_new / bias1) / (ops.sqrt(v_new / bias2) + eps) + wd * param
+def _adamw_apply(impl, param, m, v, grad, hyper):
+    param_new, m_new, v_new = adamw_ops.adamw_update(param, m, v, grad, hyper, impl)
     ops.assign(m, m_new)
     ops.assign(v, v_new)
-    ops.assign(param, param - lr * update)
+    ops.assign(param, param_new)
     return True

@@ -275,6 +275,8 @@ class Trainer:
         import mindspore as ms
         from mindspore import ops
 
+        import ops.adamw as adamw_ops
+
         model, optimizer = self.model, self.optimizer
         clip = float(self.recipe.optimizer.grad_clip)
         all_reduce = ops.AllReduce() if self.world > 1 else None  # sum over data-parallel ranks
@@ -305,11 +307,16 @@ class Trainer:
         def add_grads(acc, grads):
             return tuple([a + g for a, g in zip(acc, grads)])
 
-        def global_norm(grads):
+        sq_impl = optimizer.impl  # the optimiser's kernels also give the one-pass sum of squares
+
+        def sum_squares(grads):
             total = 0.0
             for g in grads:
-                total = total + ops.reduce_sum(ops.square(g))
-            return ops.sqrt(total)
+                total = total + adamw_ops.sum_squares(g, sq_impl)
+            return total
+
+        def global_norm(grads):
+            return ops.sqrt(sum_squares(grads))
 
         def update_step(grads, lr):
             if all_reduce is not None:
@@ -329,9 +336,7 @@ class Trainer:
         def grad_sq_sum(grads):
             # Finite iff every gradient on every rank is: the guard's check before an update. Only a
             # scalar crosses ranks (grad_norm would all-reduce every gradient).
-            total = 0.0
-            for g in grads:
-                total = total + ops.reduce_sum(ops.square(g))
+            total = sum_squares(grads)
             return all_reduce(total) if all_reduce is not None else total
 
         def eval_step(*batch):
@@ -352,9 +357,7 @@ class Trainer:
                 loss = all_reduce(loss)
                 metrics = tuple([all_reduce(m) for m in metrics])
                 grads = tuple([all_reduce(g) for g in grads])
-            sq = 0.0
-            for g in grads:
-                sq = sq + ops.reduce_sum(ops.square(g))
+            sq = sum_squares(grads)
             norm = ops.sqrt(sq)
             applied = ops.logical_and(ops.isfinite(loss), ops.isfinite(sq))
             factor = ops.minimum(1.0, clip / (norm + 1e-6)) if clip > 0 else ops.ones((), ms.float32)

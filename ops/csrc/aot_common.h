@@ -8,9 +8,23 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
+#include <omp.h>
+
 namespace aot {
+
+// Threads of a kernel's OpenMP regions: PANGU_OPS_THREADS when set to a positive number, else 1.
+// The kernels run inside MindSpore's CPU runtime, whose own thread pool keeps running (and
+// spinning) next to an OpenMP team: on the 2-core machine a second kernel thread made the Pro bench
+// step 1.47x SLOWER under load (docs/benchmarks.md). Read at every call (a getenv, ~100 ns), so a
+// benchmark can switch it at run time.
+inline int threads() {
+  const char* s = std::getenv("PANGU_OPS_THREADS");
+  const int n = s ? std::atoi(s) : 0;
+  return n > 0 ? n : 1;
+}
 
 #if defined(__AVX512F__)
 constexpr int kW = 16;

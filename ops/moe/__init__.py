@@ -15,18 +15,24 @@ Shared, no variants (already single gathers): permute, unpermute, balance_loss, 
 
 impl:
   "reference": reference.py (readable compositions; one-hot ranks / permutation matmuls).
-  "fast":      fast.py (ArgMaxWithValue MoGE, gather-free top-k, sort + searchsorted permutation).
+  "fast":      fast.py (ArgMaxWithValue MoGE, gather-free top-k, sort + searchsorted permutation);
+               sort_permute / sort_unpermute: CPU aot kernels (fast_cpu.py, csrc/moe_permute.cc:
+               counting sort, row gathers, gather-only backward), loaded lazily; the fast.py
+               composition when they cannot be built (or after `use_kernels(False)`, for A/B runs).
   "ascend":    sort_permute / sort_unpermute -> ops.moe_token_permute / moe_token_unpermute; the
                routing ops have no Ascend fused equivalent (MoeGatingGroupTopK is NOT MoGE, see
                MODELS.md) and use the fast composition, which runs on Ascend too.
   "auto":      the `ops._dispatch.impl_scope` default if set, else "ascend" on Ascend, else "fast"
                for the ops in AUTO_FAST (measured faster on CPU, docs/ops.md), else "reference".
-GRAPH mode: resolve once at build time (`resolve_impl(op, impl)`) and pass the concrete name.
+GRAPH mode: resolve once at build time (`resolve_impl(op, impl)`) and pass the concrete name (for
+sort_permute / sort_unpermute resolving "fast" also builds/loads the kernels).
 """
+import importlib
+
 import mindspore as ms
 from mindspore import ops
 
-from ops._dispatch import effective, on_ascend
+from ops._dispatch import effective, load_fast, on_ascend
 from ops.moe import fast as _fast
 from ops.moe import reference as _ref
 from ops.moe.reference import (balance_loss, default_block, imbalance_score, imbalance_score_np,
@@ -34,7 +40,8 @@ from ops.moe.reference import (balance_loss, default_block, imbalance_score, imb
 
 __all__ = ["moge_route", "topk_route", "permute_plan", "permute", "unpermute", "expert_counts",
            "sort_permute", "sort_unpermute", "balance_loss", "imbalance_score",
-           "imbalance_score_np", "default_block", "resolve_impl", "OPS"]
+           "imbalance_score_np", "default_block", "resolve_impl", "OPS", "kernels_available",
+           "use_kernels"]
 
 OPS = ("moge_route", "topk_route", "permute_plan", "expert_counts", "sort_permute",
        "sort_unpermute")
@@ -43,6 +50,29 @@ OPS = ("moge_route", "topk_route", "permute_plan", "expert_counts", "sort_permut
 # moge_route: within measurement noise (0.35x tiny, 1.2x bench), so the reference stays the default.
 AUTO_FAST = {"moge_route": False, "topk_route": True, "permute_plan": False,
              "expert_counts": False, "sort_permute": True, "sort_unpermute": True}
+
+
+_KERNELS = None          # ops.moe.fast_cpu once loaded (sort_permute / sort_unpermute kernels)
+_KERNELS_TRIED = False
+_KERNELS_ON = True
+
+
+def kernels_available() -> bool:
+    """Build/load the CPU permutation kernels on first use; True when usable and enabled."""
+    global _KERNELS, _KERNELS_TRIED
+    if not _KERNELS_TRIED:
+        _KERNELS_TRIED = True
+        if load_fast("ops.moe.fast_cpu", "_LIB") is not None:   # builds it, or warns
+            _KERNELS = importlib.import_module("ops.moe.fast_cpu")
+    return _KERNELS is not None and _KERNELS_ON
+
+
+def use_kernels(on: bool) -> None:
+    """Switch the "fast" sort_permute / sort_unpermute between the aot kernels (True, default) and
+    the fast.py composition (False). GRAPH mode reads the switch when a graph COMPILES (first call),
+    so set it before a jitted function's first call (benchmarks: A/B in one process)."""
+    global _KERNELS_ON
+    _KERNELS_ON = bool(on)
 
 
 def resolve_impl(op: str, impl: str = "auto") -> str:
@@ -57,6 +87,8 @@ def resolve_impl(op: str, impl: str = "auto") -> str:
             impl = "fast" if AUTO_FAST[op] else "reference"
     if impl == "ascend" and op not in ("sort_permute", "sort_unpermute"):
         return "fast"                                    # no fused Ascend op: the composition
+    if impl == "fast" and op in ("sort_permute", "sort_unpermute"):
+        kernels_available()                              # build/load outside any graph
     return impl
 
 
@@ -106,6 +138,8 @@ def sort_permute(x_TH, experts_TK, num_experts, impl="auto"):
         counts = _ref.expert_counts(experts_TK, num_experts).astype(ms.int32)
         return x_AH, order_A, counts
     if impl == "fast":
+        if _KERNELS is not None and _KERNELS_ON:
+            return _KERNELS.sort_permute(x_TH, experts_TK, num_experts)
         return _fast.sort_permute(x_TH, experts_TK, num_experts)
     return _ref.sort_permute(x_TH, experts_TK, num_experts)
 
@@ -117,6 +151,8 @@ def sort_unpermute(x_AH, order_A, weights_TK, impl="auto"):
     if impl == "ascend":
         return ops.moe_token_unpermute(x_AH, order_A, weights_TK.astype(x_AH.dtype))
     if impl == "fast":
+        if _KERNELS is not None and _KERNELS_ON:
+            return _KERNELS.sort_unpermute(x_AH, order_A, weights_TK)
         return _fast.sort_unpermute(x_AH, order_A, weights_TK)
     return _ref.sort_unpermute(x_AH, order_A, weights_TK)
 

@@ -13,21 +13,26 @@ Routed experts are stored STACKED (`experts.gate_proj` [E, I, H], `experts.up_pr
 per-expert serving names `experts.{e}.{gate,up,down}_proj.weight`.
 
 expert_impl:
-  "loop"    : for each expert run it on ALL tokens and add weight * output where chosen
-              (obvious reference, E/K times the necessary FLOPs).
+  "grouped" : sort the assignments by expert (ops.moe.sort_permute: unpadded rows + counts_E) ->
+              three grouped matmuls (ops.grouped_matmul: per-expert GEMMs on CPU, grouped_matmul
+              on Ascend) around SwiGLU -> ops.moe.sort_unpermute; exactly the active FLOPs, no
+              weight copies. Fastest on CPU (docs/ops.md), the default.
   "batched" : dropless expert-blocked permutation (ops.moe.permute_plan): every assignment is
               computed once (+ <= E*blk padding rows) with one block-batched matmul per
-              projection; static shapes, CPU + GRAPH mode friendly.
+              projection over gathered per-block weight copies; plain MindSpore ops.
+  "loop"    : for each expert run it on ALL tokens and add weight * output where chosen
+              (obvious reference, E/K times the necessary FLOPs).
 """
 import mindspore as ms
 from mindspore import nn, ops
 
 import ops.moe as moe_ops
+from ops.grouped_matmul import grouped_matmul, resolve_impl as gmm_impl
 from ops.swiglu import swiglu, resolve_impl as swiglu_impl
 from pangu.common.layers import ones_param, zeros_param
 from pangu.common.mlp import SwiGLUMLP
 
-EXPERT_IMPLS = ("batched", "loop")
+EXPERT_IMPLS = ("grouped", "batched", "loop")
 
 
 # ----------------------------------------------------------------------------- routers
@@ -79,11 +84,16 @@ class TopKRouter(nn.Cell):
 
 # ----------------------------------------------------------------------------- experts
 class GroupedExperts(nn.Cell):
-    """E SwiGLU experts with stacked weights; `loop` and `batched` compute paths."""
+    """E SwiGLU experts with stacked weights; `grouped`, `batched` and `loop` compute paths.
+
+    construct(x_TH, weights_TK, experts_TK) -> y_TH runs the path named by `expert_impl`."""
 
     def __init__(self, num_experts, hidden_size, intermediate_size, compute_dtype=ms.float32,
-                 swiglu_impl_name="auto"):
+                 swiglu_impl_name="auto", expert_impl="grouped"):
         super().__init__()
+        if expert_impl not in EXPERT_IMPLS:
+            raise ValueError(f"expert_impl: unknown {expert_impl!r}; use one of {EXPERT_IMPLS}")
+        self.expert_impl = expert_impl
         self.num_experts = num_experts
         self.gate_proj = zeros_param((num_experts, intermediate_size, hidden_size))
         self.up_proj = zeros_param((num_experts, intermediate_size, hidden_size))
@@ -91,8 +101,19 @@ class GroupedExperts(nn.Cell):
         self.compute_dtype = compute_dtype
         self.act_impl = swiglu_impl(swiglu_impl_name)
         self.plan_impl = moe_ops.resolve_impl("permute_plan")     # resolved once, at build time
+        self.sort_impl = moe_ops.resolve_impl("sort_permute")
+        self.unsort_impl = moe_ops.resolve_impl("sort_unpermute")
+        # (only the grouped path needs the grouped-matmul kernel: don't build it for the others)
+        self.gmm_impl = gmm_impl() if expert_impl == "grouped" else None
         self.bmm = ops.BatchMatMul(transpose_b=True)
         self.mm = ops.MatMul(transpose_b=True)
+
+    def construct(self, x_TH, weights_TK, experts_TK):
+        if self.expert_impl == "grouped":
+            return self.run_grouped(x_TH, weights_TK, experts_TK)
+        if self.expert_impl == "batched":
+            return self.run_batched(x_TH, weights_TK, experts_TK)
+        return self.run_loop(x_TH, weights_TK, experts_TK)
 
     def run_loop(self, x_TH, weights_TK, experts_TK):
         """Reference: y = sum_e w_e(t) * Expert_e(x_t), Expert_e evaluated on every token."""
@@ -127,6 +148,17 @@ class GroupedExperts(nn.Cell):
         out_PH = self.bmm(act_NbI, wd_NHI).reshape(nb * blk, -1)                 # experts
         return moe_ops.unpermute(out_PH, dest_A, weights_TK)                     # combine
 
+    def run_grouped(self, x_TH, weights_TK, experts_TK):
+        """Sort assignments by expert -> grouped SwiGLU (3 grouped matmuls) -> unsort + combine."""
+        cd = self.compute_dtype
+        x_AH, order_A, counts_E = moe_ops.sort_permute(x_TH.astype(cd), experts_TK,
+                                                       self.num_experts, self.sort_impl)  # dispatch
+        gate_AI = grouped_matmul(x_AH, self.gate_proj.astype(cd), counts_E, self.gmm_impl)
+        up_AI = grouped_matmul(x_AH, self.up_proj.astype(cd), counts_E, self.gmm_impl)
+        act_AI = swiglu(gate_AI, up_AI, self.act_impl)
+        out_AH = grouped_matmul(act_AI, self.down_proj.astype(cd), counts_E, self.gmm_impl)
+        return moe_ops.sort_unpermute(out_AH, order_A, weights_TK, self.unsort_impl)  # combine
+
 
 # ----------------------------------------------------------------------------- MoE layer
 class MoE(nn.Cell):
@@ -137,14 +169,14 @@ class MoE(nn.Cell):
     """
 
     def __init__(self, hidden_size, moe_intermediate_size, num_experts, top_k, router,
-                 shared_intermediate_size=0, expert_impl="batched", compute_dtype=ms.float32,
+                 shared_intermediate_size=0, expert_impl="grouped", compute_dtype=ms.float32,
                  imbalance_devices=None, swiglu_impl_name="auto"):
         super().__init__()
         if expert_impl not in EXPERT_IMPLS:
             raise ValueError(f"expert_impl: unknown {expert_impl!r}; use one of {EXPERT_IMPLS}")
         self.gate = router
         self.experts = GroupedExperts(num_experts, hidden_size, moe_intermediate_size,
-                                      compute_dtype, swiglu_impl_name)
+                                      compute_dtype, swiglu_impl_name, expert_impl)
         self.has_shared = shared_intermediate_size > 0
         self.shared_expert = (SwiGLUMLP(hidden_size, shared_intermediate_size, compute_dtype,
                                         swiglu_impl_name) if self.has_shared else None)
@@ -157,10 +189,7 @@ class MoE(nn.Cell):
         shape = h.shape
         h_TH = h.reshape(-1, shape[-1])
         weights_TK, experts_TK, probs_TE = self.gate(h_TH)                       # route
-        if self.expert_impl == "loop":
-            y_TH = self.experts.run_loop(h_TH, weights_TK, experts_TK)
-        else:
-            y_TH = self.experts.run_batched(h_TH, weights_TK, experts_TK)
+        y_TH = self.experts(h_TH, weights_TK, experts_TK)    # dispatch, experts, combine
         if self.has_shared:
             y_TH = y_TH + self.shared_expert(h_TH).astype(y_TH.dtype)            # ungated
         balance = moe_ops.balance_loss(probs_TE, experts_TK, self.num_experts, self.top_k)

@@ -26,7 +26,7 @@ class PanguProMoEConfig:
     initializer_range: float = 0.02          # std of the normal weight init
     attention_bias: bool = True              # q/k/v/o projections carry biases (released: yes)
     compute_dtype: str = "float32"           # matmul input dtype "float32" | "bfloat16" (Ascend)
-    expert_impl: str = "batched"             # MoE expert path "batched" (fast) | "loop" (reference)
+    expert_impl: str = "grouped"             # MoE experts "grouped" (fast) | "batched" | "loop" (ref.)
     attention_impl: str = "auto"             # ops.attention impl "auto"|"reference"|"fast"|"ascend"
     ops_impl: str = "auto"                   # default impl of EVERY op (norm, rope, swiglu, routing,
                                              # permute, attention) whose own *_impl is "auto"
@@ -68,7 +68,7 @@ class PanguProMoEConfig:
         check(self.initializer_range > 0, "initializer_range",
               f"must be > 0, got {self.initializer_range}", "use e.g. 0.02")
         check_choice(self, "compute_dtype", ("float32", "bfloat16"))
-        check_choice(self, "expert_impl", ("batched", "loop"))
+        check_choice(self, "expert_impl", ("grouped", "batched", "loop"))
         check_choice(self, "attention_impl", ("auto", "reference", "fast", "ascend"))
         check_choice(self, "ops_impl", ("auto", "reference", "fast", "ascend"))
         return self

@@ -66,10 +66,7 @@ class UltraMoE(MoE):
         shape = h.shape
         h_TH = h.reshape(-1, shape[-1])
         weights_TK, experts_TK, probs_TE = self.gate(h_TH)                       # route
-        if self.expert_impl == "loop":                                           # dispatch,
-            y_TH = self.experts.run_loop(h_TH, weights_TK, experts_TK)           # experts,
-        else:                                                                    # combine
-            y_TH = self.experts.run_batched(h_TH, weights_TK, experts_TK)
+        y_TH = self.experts(h_TH, weights_TK, experts_TK)    # dispatch, experts (expert_impl), combine
         if self.has_shared_experts:
             y_TH = y_TH + self.shared_experts(h_TH).astype(y_TH.dtype)           # ungated
         balance = self.balance(probs_TE, experts_TK)

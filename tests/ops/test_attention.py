@@ -131,6 +131,15 @@ def test_parity_no_segments_default_blocks():
     check_parity((1, 1, 1, 150, 16, 16), causal=False, docs=False, block_q=128, block_k=256, scale=0.3)
 
 
+@pytest.mark.parametrize("threads", ["2", "3"])
+def test_parity_with_several_kernel_threads(threads, monkeypatch):
+    """PANGU_OPS_THREADS > 1: the work splits over an OpenMP team; with fewer (batch, kv head) pairs
+    than threads the backward splits key tiles and sums per-thread dQ buffers (default is 1 thread)."""
+    monkeypatch.setenv("PANGU_OPS_THREADS", threads)
+    check_parity((1, 2, 1, 130, 32, 32), causal=True, block_q=16, block_k=32)     # 1 pair < threads
+    check_parity((2, 4, 2, 65, 32, 24), causal=False, block_q=32, block_k=16)     # 4 pairs
+
+
 def test_parity_graph_mode_jit_grad():
     """Forward + grads of a jit'd value_and_grad in GRAPH mode (GQA, documents, both mask kinds)."""
     prev = ms.get_context("mode")

@@ -109,7 +109,7 @@ import mindspore as ms  # noqa: E402
 
 from ops._dispatch import impl_scope  # noqa: E402
 from ops.moe import fast as moe_fast, reference as moe_ref  # noqa: E402
-from _parity import assert_parity, fresh_rng  # noqa: E402
+from _parity import assert_parity, fresh_rng, rel  # noqa: E402
 
 
 def _random_experts(rng, t, e, k):
@@ -233,3 +233,95 @@ def test_ascend_sort_permute_matches_reference():
     y_a = moe.sort_unpermute(x_a, order_a, Tensor(w), impl="ascend").asnumpy()
     y_r = moe.sort_unpermute(x_r, order_r, Tensor(w), impl="reference").asnumpy()
     np.testing.assert_allclose(y_a, y_r, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- CPU permutation kernels
+needs_kernels = pytest.mark.skipif(not moe.kernels_available(),
+                                   reason="ops.moe CPU kernels unavailable (no g++?)")
+
+
+def _kernels():
+    from ops.moe import fast_cpu
+    return fast_cpu
+
+
+@needs_kernels
+@pytest.mark.parametrize("t,e,k,h", [(1, 4, 1, 1), (1, 4, 4, 3), (19, 8, 4, 5), (64, 16, 2, 33),
+                                     (40, 64, 4, 16)])
+def test_kernel_sort_permute_unpermute_parity(t, e, k, h):
+    """Counting-sort plan == the reference's order/counts (incl. experts nobody chose: (40, 64, 4)
+    leaves most of 64 experts empty, T=1 leaves all but K empty); permute / unpermute forward and
+    gradients (tokens, weights) match the one-hot-matmul reference (PyNative)."""
+    kern = _kernels()
+    seed, rng = fresh_rng()
+    experts = _random_experts(rng, t, e, k)
+    x = rng.normal(size=(t, h)).astype(np.float32)
+    w = rng.uniform(size=(t, k)).astype(np.float32)
+    x_k, order_k, cnt_k = kern.sort_permute(Tensor(x), Tensor(experts), e)
+    _, order_r, cnt_r = moe_ref.sort_permute(Tensor(x), Tensor(experts), e)
+    np.testing.assert_array_equal(order_k.asnumpy(), order_r.asnumpy())
+    np.testing.assert_array_equal(cnt_k.asnumpy(), cnt_r.asnumpy())
+    np.testing.assert_array_equal(x_k.asnumpy(), x[order_k.asnumpy() // k])
+    ex_t = Tensor(experts)
+
+    def run(perm, unperm):
+        def fn(xx, ww):
+            rows, od, _ = perm(xx, ex_t, e)
+            return unperm(rows * rows, od, ww)                              # a non-linear "expert"
+        return fn
+    assert_parity(run(kern.sort_permute, kern.sort_unpermute),
+                  run(moe_ref.sort_permute, moe_ref.sort_unpermute), [x, w], (0, 1), seed)
+
+
+@needs_kernels
+def test_kernel_permute_graph_mode_and_dispatch():
+    """GRAPH mode (the training path): moe.sort_permute/sort_unpermute with impl "fast" (the kernels)
+    vs the reference, loss and gradients; use_kernels(False) switches "fast" to the composition."""
+    seed, rng = fresh_rng()
+    t, e, k, h = 33, 16, 4, 20
+    ex_t = Tensor(_random_experts(rng, t, e, k))
+    x = Tensor(rng.normal(size=(t, h)).astype(np.float32))
+    w = Tensor(rng.uniform(size=(t, k)).astype(np.float32))
+
+    def make(impl):
+        def loss(xx, ww):
+            rows, od, cnt = moe.sort_permute(xx, ex_t, e, impl)
+            y = moe.sort_unpermute(rows * rows + cnt.astype(ms.float32)[0], od, ww, impl)
+            return (y * y).sum()
+        return loss
+    want = ms.value_and_grad(make("reference"), grad_position=(0, 1))(x, w)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        got = ms.jit(ms.value_and_grad(make("fast"), grad_position=(0, 1)))(x, w)
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+    assert rel(got[0].asnumpy(), want[0].asnumpy()) <= 1e-5, seed
+    for a, b in zip(got[1], want[1]):
+        assert rel(a.asnumpy(), b.asnumpy()) <= 1e-5, seed
+    moe.use_kernels(False)
+    try:
+        rows, order, cnt = moe.sort_permute(x, ex_t, e, "fast")
+        assert not moe.kernels_available()
+    finally:
+        moe.use_kernels(True)
+    assert moe.kernels_available()
+    np.testing.assert_array_equal(order.asnumpy(), moe_ref.sort_permute(x, ex_t, e)[1].asnumpy())
+
+
+@needs_kernels
+def test_kernel_permute_bfloat16_and_bad_order():
+    """Non-fp32 inputs are computed in fp32 and cast back; a non-permutation `order` is an error."""
+    kern = _kernels()
+    rng = np.random.default_rng(3)
+    t, e, k, h = 6, 4, 2, 8
+    experts = _random_experts(rng, t, e, k)
+    x = Tensor(rng.normal(size=(t, h)).astype(np.float32))
+    rows, order, _ = kern.sort_permute(x.astype(ms.bfloat16), Tensor(experts), e)
+    assert rows.dtype == ms.bfloat16
+    y = kern.sort_unpermute(rows, order, Tensor(np.ones((t, k), np.float32)))
+    assert y.dtype == ms.bfloat16
+    np.testing.assert_allclose(y.astype(ms.float32).asnumpy(),
+                               k * x.astype(ms.bfloat16).astype(ms.float32).asnumpy(), rtol=1e-2)
+    with pytest.raises(Exception):
+        kern.sort_unpermute(rows.astype(ms.float32), Tensor(np.zeros(t * k, np.int32)),
+                            Tensor(np.ones((t, k), np.float32))).asnumpy()

@@ -39,6 +39,19 @@ def test_fast_matches_reference_fwd_and_grads(shape):
 
 
 @needs_gxx
+@pytest.mark.parametrize("threads", ["2", "3"])
+def test_fast_matches_reference_with_several_kernel_threads(threads, monkeypatch):
+    """PANGU_OPS_THREADS > 1 (default 1): rows split over threads, dw summed over per-thread parts."""
+    monkeypatch.setenv("PANGU_OPS_THREADS", threads)
+    seed, rng = fresh_rng()
+    from ops.rms_norm import fast_cpu
+    x = rng.normal(size=(37, 65)).astype(np.float32)
+    w = rng.normal(size=(65,)).astype(np.float32)
+    assert_parity(lambda a, b: fast_cpu.rms_norm(a, b, 1e-6), lambda a, b: ref.rms_norm(a, b, 1e-6),
+                  [x, w], (0, 1), seed)
+
+
+@needs_gxx
 def test_fast_in_graph_mode():
     seed, rng = fresh_rng()
     x = rng.normal(size=(6, 33)).astype(np.float32)

@@ -1,7 +1,8 @@
 """The config switch `ops_impl` reaches every op call, and the fast ops train like the references.
 
 Tiny Pro and tiny Ultra: with ops_impl="fast" every op-dispatching cell resolves to its fast path
-(FastAttention, fused RMSNorm / SwiGLU / RoPE kernels, fast MoE routing and permutation), with
+(FastAttention, fused RMSNorm / SwiGLU / RoPE kernels, fast MoE routing and permutation, the
+grouped-matmul kernel of the default expert_impl "grouped"), with
 ops_impl="reference" to the reference; the training loss and the loss after 3 SGD steps agree to
 1e-5 (relative). Fresh random data each run (the model init seed is fixed: both runs must start from
 the same weights).
@@ -17,7 +18,8 @@ from pangu import registry
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ missing: no CPU kernels")
 
-IMPL_ATTRS = ("impl", "act_impl", "attn_impl", "attention_impl", "rope_impl", "route_impl", "plan_impl")
+IMPL_ATTRS = ("impl", "act_impl", "attn_impl", "attention_impl", "rope_impl", "route_impl", "plan_impl",
+              "sort_impl", "unsort_impl", "gmm_impl")
 
 
 def resolved_impls(model):

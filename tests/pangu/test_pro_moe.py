@@ -1,5 +1,7 @@
-"""Pangu Pro MoE: MoGE router, loop vs batched experts, parameter counts, masking, config
+"""Pangu Pro MoE: MoGE router, loop vs batched vs grouped experts, parameter counts, masking, config
 validation, GRAPH-mode train step, conversion round trip, registry."""
+import shutil
+
 import numpy as np
 import pytest
 import mindspore as ms
@@ -43,25 +45,26 @@ def test_moge_router_cell_matches_numpy():
 
 
 # ----------------------------------------------------------------------------- experts
-def _moe_pair(router_kind):
+def _moe_layers(router_kind, impls=("loop", "batched", "grouped")):
+    """One MoE layer per expert_impl, identical weights."""
     h, inter, e, k = 16, 8, 8, 4
     layers = []
-    for impl in ("loop", "batched"):
+    for impl in impls:
         router = (MoGERouter(h, e, k) if router_kind == "moge"
                   else TopKRouter(h, e, 2, "sigmoid", True, True, 2.5))
         kk = k if router_kind == "moge" else 2
         layers.append(MoE(h, inter, e, kk, router, 12 if router_kind == "moge" else 0, impl))
-    init_normal(layers[0], 0.5, seed=7)
-    init_normal(layers[1], 0.5, seed=7)
     for m in layers:
+        init_normal(m, 0.5, seed=7)
         if router_kind == "moge":
             m.gate.router_scale.set_data(Tensor(np.linspace(0.5, 1.5, e, dtype=np.float32)[None]))
     return layers
 
 
 @pytest.mark.parametrize("router_kind", ["moge", "topk"])
-def test_loop_vs_batched_outputs_and_grads(router_kind):
-    loop, batched = _moe_pair(router_kind)
+def test_loop_vs_batched_vs_grouped_outputs_and_grads(router_kind):
+    loop, batched, grouped = _moe_layers(router_kind)
+    assert grouped.experts.gmm_impl == ("fast" if shutil.which("g++") else "reference")
     rng = np.random.default_rng(1)
     x = Tensor(rng.normal(size=(2, 9, 16)).astype(np.float32))
     ct = Tensor(rng.normal(size=(2, 9, 16)).astype(np.float32))
@@ -75,12 +78,13 @@ def test_loop_vs_batched_outputs_and_grads(router_kind):
         return m(x)[0].asnumpy(), gx.asnumpy(), [g.asnumpy() for g in gp]
 
     y_l, gx_l, gp_l = run(loop)
-    y_b, gx_b, gp_b = run(batched)
-    np.testing.assert_allclose(y_b, y_l, atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(gx_b, gx_l, atol=1e-5, rtol=1e-5)
     names = [p.name for p in loop.trainable_params()]
-    for name, a, b in zip(names, gp_b, gp_l):
-        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5, err_msg=name)
+    for impl, m in (("batched", batched), ("grouped", grouped)):
+        y, gx, gp = run(m)
+        np.testing.assert_allclose(y, y_l, atol=1e-5, rtol=1e-5, err_msg=impl)
+        np.testing.assert_allclose(gx, gx_l, atol=1e-5, rtol=1e-5, err_msg=impl)
+        for name, a, b in zip(names, gp, gp_l):
+            np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5, err_msg=f"{impl}: {name}")
     assert any(np.abs(g).max() > 0 for g in gp_l)
 
 
@@ -241,7 +245,7 @@ def test_graph_mode_jit_train_step():
     (dict(num_key_value_heads=3), r"^num_key_value_heads: num_attention_heads=4 is not"),
     (dict(head_dim=15), r"^head_dim: 15 is odd; "),
     (dict(compute_dtype="fp16"), r"^compute_dtype: unknown value 'fp16'; use one of"),
-    (dict(expert_impl="grouped"), r"^expert_impl: unknown value"),
+    (dict(expert_impl="padded"), r"^expert_impl: unknown value"),
     (dict(hidden_size=0), r"^hidden_size: must be a positive integer"),
     (dict(rms_norm_eps=0.0), r"^rms_norm_eps: must be > 0"),
 ])

@@ -30,7 +30,7 @@ RUN = [
     ("unknown-key", ["--set", "train.stepz=5"], "train.stepz: unknown key; did you mean train.steps?"),
     ("unknown-top-key", ["--set", "trian.steps=5"], "trian: unknown key; did you mean train or run?"),
     ("unknown-optimizer-key", ["--set", "optimizer.momentum=0.9"],
-     "optimizer.momentum: unknown key; valid keys: lr, beta1, beta2, eps, weight_decay, grad_clip"),
+     "optimizer.momentum: unknown key; valid keys: lr, beta1, beta2, eps, weight_decay, grad_clip, impl"),
     ("unknown-run-key", ["--set", "run.nmae=x"], "run.nmae: unknown key; did you mean run.name?"),
     ("int-not-word", ["--set", "train.steps=fifty"], "train.steps: expected an integer, got 'fifty' (str)"),
     ("int-not-fraction", ["--set", "train.steps=2.5"], "train.steps: expected an integer, got 2.5 (float)"),

@@ -25,6 +25,8 @@
 // (wider-than-native vectors are split by the compiler). The builder chooses the -march flags.
 #include <omp.h>
 
+#include "aot_common.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -33,20 +35,17 @@
 #include <limits>
 #include <vector>
 
-#if defined(__AVX512F__)
-#define FA_W 16
-#elif defined(__AVX__)
-#define FA_W 8
-#else
-#define FA_W 4
-#endif
-
 namespace {
 
-typedef float vf __attribute__((vector_size(FA_W * 4)));
-typedef int32_t vi __attribute__((vector_size(FA_W * 4)));
+// SIMD width, vector types, loads/stores and the vector exp come from ops/csrc/aot_common.h.
+using aot::kW;
+using aot::vexp;
+using aot::vf;
+using aot::vi;
+using aot::vload;
+using aot::vset1;
+using aot::vstore;
 
-constexpr int kW = FA_W;
 constexpr int kNB = 2 * kW;  // inner tile width (columns); also the padding unit of every buffer
 constexpr int kMB = 4;       // inner tile height (rows)
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
@@ -54,16 +53,6 @@ constexpr float kPosInf = std::numeric_limits<float>::infinity();
 
 enum TileKind { kSkip = 0, kFull = 1, kPartial = 2 };
 
-inline vf vload(const float* p) {
-  vf v;
-  std::memcpy(&v, p, sizeof(vf));
-  return v;
-}
-inline void vstore(float* p, vf v) { std::memcpy(p, &v, sizeof(vf)); }
-inline vf vset1(float x) {
-  vf v = {};
-  return v + x;
-}
 inline float hmax(vf v) {
   float m = v[0];
   for (int i = 1; i < kW; ++i) m = std::max(m, v[i]);
@@ -75,32 +64,6 @@ inline float hsum(vf v) {
   return s;
 }
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-// exp(x) for a vector (Cephes expf: x = n ln2 + r, degree-6 polynomial in r; ~1 ulp).
-// Returns exactly 0 for x < -87 (also for -inf), so masked scores never produce denormals.
-inline vf vexp(vf x) {
-  const vf hi = vset1(88.0f);
-  x = x > hi ? hi : x;
-  vi tiny = x < vset1(-87.0f);
-  vf xc = tiny ? vset1(-87.0f) : x;
-  vf fx = xc * 1.44269504088896341f + 0.5f;
-  vi t = __builtin_convertvector(fx, vi);
-  vf tf = __builtin_convertvector(t, vf);
-  tf = tf > fx ? tf - 1.0f : tf;  // floor
-  vf r = xc - tf * 0.693359375f + tf * 2.12194440e-4f;
-  vf r2 = r * r;
-  vf p = vset1(1.9875691500E-4f);
-  p = p * r + 1.3981999507E-3f;
-  p = p * r + 8.3334519073E-3f;
-  p = p * r + 4.1665795894E-2f;
-  p = p * r + 1.6666665459E-1f;
-  p = p * r + 5.0000001201E-1f;
-  p = p * r2 + r + 1.0f;
-  vi e = (__builtin_convertvector(tf, vi) + 127) << 23;
-  vf pow2n = (vf)e;
-  vf y = p * pow2n;
-  return tiny ? vset1(0.f) : y;
-}
 
 // C[M][N] (+)= A[M][K] * B[K][N]; row strides lda/ldb/ldc. M % kMB == 0, N % kNB == 0.
 void gemm(float* C, int64_t ldc, const float* A, int64_t lda, const float* B, int64_t ldb, int64_t M,
@@ -271,7 +234,7 @@ extern "C" int FastAttnFwd(int nparam, void** params, int* ndims, int64_t** shap
   // The +kW on the row stride keeps rows off the same L1 set when S is a power of two.
   const int64_t ldk = (P.nKB - 1) * P.Bc + BcP + kW;
   std::vector<float> kt_all(static_cast<size_t>(pairs) * Dqk * ldk, 0.f);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(aot::threads())
   for (int64_t pr = 0; pr < pairs; ++pr) {
     const float* kp = k + pr * S * Dqk;
     float* dst = kt_all.data() + pr * Dqk * ldk;
@@ -281,7 +244,7 @@ extern "C" int FastAttnFwd(int nparam, void** params, int* ndims, int64_t** shap
   }
   const bool v_direct = DvP == Dv;  // V tiles can be read in place when rows are vector-aligned
 
-#pragma omp parallel
+#pragma omp parallel num_threads(aot::threads())
   {
     AlignedBuf qbuf(BrP * DqkP), vb(v_direct ? 1 : BcP * DvP), sb(BrP * BcP), acc(BrP * DvP);
     std::vector<float> m(BrP), l(BrP);
@@ -451,7 +414,7 @@ extern "C" int FastAttnBwd(int nparam, void** params, int* ndims, int64_t** shap
 
   // D = rowsum(dO * O) (FlashAttention-2 backward, eq. for dS = P * (dP - D)).
   std::vector<float> delta(rows);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(aot::threads())
   for (int64_t i = 0; i < rows; ++i) {
     float s = 0.f;
     for (int64_t c = 0; c < Dv; ++c) s += dout[i * Dv + c] * out[i * Dv + c];
@@ -460,10 +423,10 @@ extern "C" int FastAttnBwd(int nparam, void** params, int* ndims, int64_t** shap
   std::memset(dq, 0, sizeof(float) * rows * Dqk);
 
   const int64_t pairs = P.B * P.Nkv;
-  const int nthreads = omp_get_max_threads();
+  const int nthreads = aot::threads();
   if (pairs >= nthreads) {
     // Enough (batch, kv head) pairs: each thread owns whole pairs, so dQ/dK/dV writes never collide.
-#pragma omp parallel
+#pragma omp parallel num_threads(nthreads)
     {
       BwdScratch w(P);
 #pragma omp for schedule(dynamic, 1)
@@ -482,7 +445,7 @@ extern "C" int FastAttnBwd(int nparam, void** params, int* ndims, int64_t** shap
     for (int64_t pr = 0; pr < pairs; ++pr) {
       const int64_t b = pr / P.Nkv, kvh = pr % P.Nkv;
       std::fill(priv.begin(), priv.end(), 0.f);
-#pragma omp parallel
+#pragma omp parallel num_threads(nthreads)
       {
         BwdScratch w(P);
         float* mine = priv.data() + omp_get_thread_num() * group;
@@ -491,7 +454,7 @@ extern "C" int FastAttnBwd(int nparam, void** params, int* ndims, int64_t** shap
           bwd_key_tile(P, b, kvh, kbi, q, k, v, lse, dout, delta.data(), mine, S * Dqk, dk, dv, &w);
       }
       float* dq_base = dq + (b * P.N + kvh * P.G) * S * Dqk;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(nthreads)
       for (int64_t i = 0; i < group; ++i) {
         float s = 0.f;
         for (int t = 0; t < nthreads; ++t) s += priv[t * group + i];

@@ -47,7 +47,7 @@ extern "C" int RmsNormFwd(int nparam, void** params, int* ndims, int64_t** shape
   const float eps = static_cast<const float*>(params[2])[0];
   float* y = static_cast<float*>(params[3]);
   float* rstd = static_cast<float*>(params[4]);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(aot::threads())
   for (int64_t r = 0; r < R; ++r) {
     const float* xr = x + r * H;
     float* yr = y + r * H;
@@ -71,10 +71,10 @@ extern "C" int RmsNormBwd(int nparam, void** params, int* ndims, int64_t** shape
   const float* dy = static_cast<const float*>(params[3]);
   float* dx = static_cast<float*>(params[4]);
   float* dw = static_cast<float*>(params[5]);
-  const int nt = omp_get_max_threads();
+  const int nt = aot::threads();
   std::vector<float> part(static_cast<size_t>(nt) * H, 0.f);
   const float inv_h = 1.0f / static_cast<float>(H);
-#pragma omp parallel
+#pragma omp parallel num_threads(nt)
   {
     float* pw = part.data() + static_cast<size_t>(omp_get_thread_num()) * H;
     std::vector<float> g(H);
@@ -94,7 +94,7 @@ extern "C" int RmsNormBwd(int nparam, void** params, int* ndims, int64_t** shape
       for (int64_t i = 0; i < H; ++i) dxr[i] = rs * g[i] - xr[i] * c;
     }
   }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t i = 0; i < H; ++i) {
     float s = 0.f;
     for (int t = 0; t < nt; ++t) s += part[static_cast<size_t>(t) * H + i];

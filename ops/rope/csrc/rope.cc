@@ -60,7 +60,7 @@ int fwd(int nparam, void** params, int* ndims, int64_t** shapes, const char** dt
   const float* sn = static_cast<const float*>(params[2]);
   float* out = static_cast<float*>(params[3]);
   const int64_t D = d.D, rows = d.B * d.N * d.S;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(aot::threads())
   for (int64_t row = 0; row < rows; ++row) {
     const int64_t s = row % d.S, b = row / (d.N * d.S);
     const int64_t t = ((d.Bc == 1 ? 0 : b) * d.S + s) * D;
@@ -97,7 +97,7 @@ int bwd(int nparam, void** params, int* ndims, int64_t** shapes, const char** dt
   float* dsin = static_cast<float*>(params[6]);
   const int64_t D = d.D, pairs = d.Bc * d.S;
   const int64_t nb = d.Bc == 1 ? d.B : 1;  // batches folded into one table row
-#pragma omp parallel
+#pragma omp parallel num_threads(aot::threads())
   {
     float* tmp = new float[2 * D];
     float* z = tmp;      // dout * sin

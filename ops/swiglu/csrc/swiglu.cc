@@ -17,7 +17,7 @@ template <class F>
 void chunked(int64_t n, F body) {
   // Vector blocks in parallel; the scalar tail (< kW elements) is handled as one padded block.
   const int64_t nv = n / kW;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(aot::threads())
   for (int64_t b = 0; b < nv; ++b) body(b * kW, kW);
   if (n % kW) body(nv * kW, n % kW);
 }

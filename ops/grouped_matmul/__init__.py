@@ -1,0 +1,75 @@
+"""Grouped matmul (MoE experts). `grouped_matmul(x_AK, w_ENK, counts_E, impl="auto")` -> y_AN.
+
+Rows of x are sorted by expert: expert 0's counts[0] rows first, then expert 1's, ...;
+y[rows of e] = x[rows of e] @ w[e]^T (w stacked [E, out, in] like nn.Dense / the MoE expert
+params); rows past sum(counts) (<= A) give 0. Gradients: dx, dw; none for counts (int).
+Legend: A rows, K in features, N out features, E experts (groups).
+
+impl:
+  "reference": mask per expert + E full matmuls (reference.py; E times the FLOPs).
+  "fast":      CPU aot kernels over oneDNN's dnnl_sgemm, std::thread-parallel, forward + backward
+               (fast_cpu.py, csrc/grouped_matmul.cc), loaded lazily; falls back to the reference
+               with a warning if it cannot be built (no g++, no dnnl_sgemm in the mindspore wheel).
+  "ascend":    grouped_matmul_v4 (split_item=3, group_type=0, group sizes as group_list; Ascend
+               only, untested here).
+  "auto":      the `ops._dispatch.impl_scope` default if set, else ascend on Ascend, else fast when
+               AUTO_FAST (measured faster on CPU, docs/ops.md) and buildable, else reference.
+GRAPH mode: resolve once outside the graph (`resolve_impl`) and pass the concrete name.
+"""
+import mindspore as ms
+
+from ops._dispatch import effective, load_fast, on_ascend
+from ops.grouped_matmul import reference as _ref
+
+__all__ = ["grouped_matmul", "resolve_impl", "fast_available", "check_shapes"]
+
+AUTO_FAST = True
+_FAST_FN = None
+_FAST_TRIED = False
+
+
+def fast_available() -> bool:
+    """Build/load the CPU kernel on first use; True when it is usable."""
+    global _FAST_FN, _FAST_TRIED
+    if not _FAST_TRIED:
+        _FAST_TRIED = True
+        _FAST_FN = load_fast("ops.grouped_matmul.fast_cpu", "grouped_matmul")
+    return _FAST_FN is not None
+
+
+def resolve_impl(impl="auto"):
+    """Concrete implementation for this device: "reference" | "fast" | "ascend"."""
+    impl = effective(impl, "grouped_matmul")
+    if impl == "auto":
+        if on_ascend():
+            return "ascend"
+        impl = "fast" if AUTO_FAST else "reference"
+    if impl == "fast" and not fast_available():
+        return "reference"
+    return impl
+
+
+def check_shapes(x_shape, w_shape, counts_shape):
+    """Raise a one-line ValueError unless x [A, K], w [E, N, K], counts [E]."""
+    if (len(x_shape) != 2 or len(w_shape) != 3 or len(counts_shape) != 1
+            or x_shape[1] != w_shape[2] or counts_shape[0] != w_shape[0]):
+        raise ValueError(f"grouped_matmul: shapes x {tuple(x_shape)}, w {tuple(w_shape)}, counts "
+                         f"{tuple(counts_shape)} do not match; need x [A, K], w [E, N, K], counts [E]")
+
+
+def _ascend(x_AK, w_ENK, counts_E):
+    from mindspore.ops.auto_generate import grouped_matmul_v4
+    return grouped_matmul_v4([x_AK], [w_ENK.transpose(0, 2, 1)], group_list=counts_E.astype(ms.int64),
+                             split_item=3, group_type=0, group_list_type=1)[0]
+
+
+def grouped_matmul(x_AK, w_ENK, counts_E, impl="auto"):
+    """y_AN [A, N]: y[rows of e] = x[rows of e] @ w[e]^T, rows grouped by expert as counts_E says."""
+    check_shapes(x_AK.shape, w_ENK.shape, counts_E.shape)
+    if impl == "reference":
+        return _ref.grouped_matmul(x_AK, w_ENK, counts_E)
+    if impl == "ascend":
+        return _ascend(x_AK, w_ENK, counts_E)
+    if impl == "fast" and _FAST_FN is not None:
+        return _FAST_FN(x_AK, w_ENK, counts_E)
+    return grouped_matmul(x_AK, w_ENK, counts_E, resolve_impl(impl))
