@@ -58,3 +58,19 @@ def load_fast(module: str, attr: str):
     except Exception as exc:  # noqa: BLE001 (any build/load failure means "no fast path")
         warnings.warn(f"{module} unavailable ({exc!r}); using the reference")
         return None
+
+
+def resolve_fast(op: str, impl: str, fast_available, auto_fast: bool = True) -> str:
+    """The `resolve_impl` of an op with a CPU fast path: "reference" | "fast" | "ascend".
+
+    "auto" follows `impl_scope`, then picks "ascend" on Ascend, else "fast" when `auto_fast`
+    (measured faster on CPU, docs/ops.md), else "reference"; "fast" becomes "reference" when
+    `fast_available()` (builds/loads the kernel on first use) says the kernel is unusable."""
+    impl = effective(impl, op)
+    if impl == "auto":
+        if on_ascend():
+            return "ascend"
+        impl = "fast" if auto_fast else "reference"
+    if impl == "fast" and not fast_available():
+        return "reference"
+    return impl

@@ -14,7 +14,7 @@ impl:
                buildable, else reference.
 Resolve once at build time (`resolve_impl`) and pass the concrete name in GRAPH mode.
 """
-from ops._dispatch import effective, load_fast, on_ascend
+from ops._dispatch import load_fast, resolve_fast
 from ops.adamw import reference as _ref
 
 __all__ = ["adamw_update", "sum_squares", "resolve_impl", "fast_available"]
@@ -35,12 +35,7 @@ def fast_available() -> bool:
 
 def resolve_impl(impl="auto"):
     """Concrete implementation for this device: "reference" | "fast" | "ascend"."""
-    impl = effective(impl, "adamw")
-    if impl == "auto":
-        impl = "ascend" if on_ascend() else "fast"
-    if impl == "fast" and not fast_available():
-        return "reference"
-    return impl
+    return resolve_fast("adamw", impl, fast_available, True)
 
 
 def adamw_update(param, m, v, grad, hyper, impl="auto"):

@@ -18,7 +18,7 @@ global so the graph compiler can resolve it.
 """
 import warnings
 
-from ops._dispatch import effective, on_ascend
+from ops._dispatch import resolve_fast
 from ops.attention import reference as _ref
 
 __all__ = ["attention", "resolve_impl", "fast_available"]
@@ -45,14 +45,7 @@ def fast_available() -> bool:
 
 def resolve_impl(impl: str = "auto") -> str:
     """Concrete impl name for this device: "reference" | "fast" | "ascend"."""
-    impl = effective(impl, "attention")
-    if impl == "auto":
-        if on_ascend():
-            return "ascend"
-        return "fast" if fast_available() else "reference"
-    if impl == "fast" and not fast_available():
-        return "reference"
-    return impl
+    return resolve_fast("attention", impl, fast_available, True)
 
 
 def _ascend_attention(q, k, v, segment_ids, causal, scale):

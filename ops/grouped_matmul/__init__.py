@@ -18,7 +18,7 @@ GRAPH mode: resolve once outside the graph (`resolve_impl`) and pass the concret
 """
 import mindspore as ms
 
-from ops._dispatch import effective, load_fast, on_ascend
+from ops._dispatch import load_fast, resolve_fast
 from ops.grouped_matmul import reference as _ref
 
 __all__ = ["grouped_matmul", "resolve_impl", "fast_available", "check_shapes"]
@@ -39,14 +39,7 @@ def fast_available() -> bool:
 
 def resolve_impl(impl="auto"):
     """Concrete implementation for this device: "reference" | "fast" | "ascend"."""
-    impl = effective(impl, "grouped_matmul")
-    if impl == "auto":
-        if on_ascend():
-            return "ascend"
-        impl = "fast" if AUTO_FAST else "reference"
-    if impl == "fast" and not fast_available():
-        return "reference"
-    return impl
+    return resolve_fast("grouped_matmul", impl, fast_available, AUTO_FAST)
 
 
 def check_shapes(x_shape, w_shape, counts_shape):

@@ -11,7 +11,7 @@ GRAPH mode: resolve once outside the graph (`resolve_impl`, done by RMSNorm cell
 """
 from mindspore import ops
 
-from ops._dispatch import effective, load_fast, on_ascend
+from ops._dispatch import load_fast, resolve_fast
 from ops.rms_norm import reference as _ref
 
 __all__ = ["rms_norm", "resolve_impl", "fast_available"]
@@ -32,14 +32,7 @@ def fast_available() -> bool:
 
 def resolve_impl(impl="auto"):
     """Concrete implementation for this device: "reference" | "fast" | "ascend"."""
-    impl = effective(impl, "rms_norm")
-    if impl == "auto":
-        if on_ascend():
-            return "ascend"
-        impl = "fast" if AUTO_FAST else "reference"
-    if impl == "fast" and not fast_available():
-        return "reference"
-    return impl
+    return resolve_fast("rms_norm", impl, fast_available, AUTO_FAST)
 
 
 def rms_norm(x, weight, eps=1e-5, impl="auto"):

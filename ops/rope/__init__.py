@@ -16,7 +16,7 @@ impl (apply_rope; the tables are cheap [B, S, dim] compositions shared by every 
 """
 from mindspore import ops
 
-from ops._dispatch import effective, load_fast, on_ascend
+from ops._dispatch import load_fast, resolve_fast
 from ops.rope.reference import (LAYOUTS, check_layout, inv_freq, mrope_tables, rotary_tables,
                                 rotary_tables_2d)
 from ops.rope import reference as _ref
@@ -40,14 +40,7 @@ def fast_available() -> bool:
 
 def resolve_impl(impl: str = "auto") -> str:
     """Concrete implementation for this device: "reference" | "fast" | "ascend"."""
-    impl = effective(impl, "rope")
-    if impl == "auto":
-        if on_ascend():
-            return "ascend"
-        impl = "fast" if AUTO_FAST else "reference"
-    if impl == "fast" and not fast_available():
-        return "reference"
-    return impl
+    return resolve_fast("rope", impl, fast_available, AUTO_FAST)
 
 
 def apply_rope(x, cos, sin, layout="rotate_half", impl="auto"):

@@ -10,7 +10,7 @@ impl:
 """
 from mindspore import ops
 
-from ops._dispatch import effective, load_fast, on_ascend
+from ops._dispatch import load_fast, resolve_fast
 from ops.swiglu import reference as _ref
 
 __all__ = ["swiglu", "resolve_impl", "fast_available"]
@@ -31,14 +31,7 @@ def fast_available() -> bool:
 
 def resolve_impl(impl="auto"):
     """Concrete implementation for this device: "reference" | "fast" | "ascend"."""
-    impl = effective(impl, "swiglu")
-    if impl == "auto":
-        if on_ascend():
-            return "ascend"
-        impl = "fast" if AUTO_FAST else "reference"
-    if impl == "fast" and not fast_available():
-        return "reference"
-    return impl
+    return resolve_fast("swiglu", impl, fast_available, AUTO_FAST)
 
 
 def swiglu(gate, up, impl="auto"):
