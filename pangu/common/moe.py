@@ -172,17 +172,14 @@ class MoE(nn.Cell):
                  shared_intermediate_size=0, expert_impl="grouped", compute_dtype=ms.float32,
                  imbalance_devices=None, swiglu_impl_name="auto"):
         super().__init__()
-        if expert_impl not in EXPERT_IMPLS:
-            raise ValueError(f"expert_impl: unknown {expert_impl!r}; use one of {EXPERT_IMPLS}")
         self.gate = router
-        self.experts = GroupedExperts(num_experts, hidden_size, moe_intermediate_size,
-                                      compute_dtype, swiglu_impl_name, expert_impl)
+        self.experts = GroupedExperts(num_experts, hidden_size, moe_intermediate_size,   # validates
+                                      compute_dtype, swiglu_impl_name, expert_impl)  # expert_impl
         self.has_shared = shared_intermediate_size > 0
         self.shared_expert = (SwiGLUMLP(hidden_size, shared_intermediate_size, compute_dtype,
                                         swiglu_impl_name) if self.has_shared else None)
         self.num_experts = num_experts
         self.top_k = top_k
-        self.expert_impl = expert_impl
         self.imbalance_devices = imbalance_devices or top_k
 
     def construct(self, h):
