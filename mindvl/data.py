@@ -38,8 +38,8 @@ def _rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def _random_size(rng, min_side: int, max_side: int) -> tuple[int, int]:
-    """Native resolution with an aspect ratio between 1:3 and 3:1."""
-    area = rng.uniform(min_side ** 2 * 1.2, max_side ** 2 * 0.8)
+    """Native resolution with an aspect ratio between 1:3 and 3:1 (min_side == max_side: square)."""
+    area = rng.uniform(min_side ** 2 * 1.2, max(min_side ** 2 * 1.2, max_side ** 2 * 0.8))
     ratio = float(np.exp(rng.uniform(np.log(1 / 3), np.log(3))))
     w = int(np.clip(np.sqrt(area * ratio), min_side, max_side))
     h = int(np.clip(np.sqrt(area / ratio), min_side, max_side))
@@ -74,30 +74,45 @@ def _draw_shapes(rng, w, h):
     return img, objs
 
 
-def _draw_digits(rng, w, h):
+OCR_DIGITS = (2, 4)          # digits per OCR string (inclusive)
+OCR_CELL = 28                # one digit per cell of 28 x 28 px = one merged token (patch 14, merge 2)
+
+
+def _draw_digits(rng):
+    """A fixed-pitch digit field (an odometer / form box): OCR_DIGITS[1] cells of OCR_CELL px in a
+    row, the string left-aligned, one digit per cell (font 30-34 px, glyphs ~18 x 23 px, jittered
+    ±2 px), dark ink on a light background. Each digit falls inside one merged token."""
     from PIL import Image, ImageDraw, ImageFont
-    text = "".join(str(int(v)) for v in rng.integers(0, 10, size=int(rng.integers(2, 6))))
+    text = "".join(str(int(v)) for v in rng.integers(0, 10, size=int(rng.integers(OCR_DIGITS[0], OCR_DIGITS[1] + 1))))
+    c = OCR_CELL
+    size = int(rng.integers(30, 35))
     try:
-        font = ImageFont.load_default(size=max(10, int(min(h * 0.6, w / (0.65 * len(text))))))
+        font = ImageFont.load_default(size=size)
     except TypeError:  # Pillow without FreeType: fixed bitmap font
         font = ImageFont.load_default()
-    bg = tuple(int(v) for v in rng.integers(180, 255, size=3))
-    img = Image.new("RGB", (w, h), bg)
+    bg = tuple(int(v) for v in rng.integers(200, 256, size=3))
+    ink = tuple(int(v) for v in rng.integers(0, 60, size=3))
+    img = Image.new("RGB", (c * OCR_DIGITS[1], c), bg)
     d = ImageDraw.Draw(img)
-    l, t, r, b = d.textbbox((0, 0), text, font=font)
-    x = (w - (r - l)) * rng.uniform(0.1, 0.9) - l
-    y = (h - (b - t)) * rng.uniform(0.1, 0.9) - t
-    d.text((x, y), text, fill=tuple(int(v) for v in rng.integers(0, 70, size=3)), font=font)
+    for k, ch in enumerate(text):
+        l, t, r, b = d.textbbox((0, 0), ch, font=font)
+        x = k * c + (c - (r - l)) / 2 - l + int(rng.integers(-2, 3))
+        y = (c - (b - t)) / 2 - t + int(rng.integers(-1, 2))
+        d.text((x, y), ch, fill=ink, font=font)
     return img, text
 
 
 def synthetic_example(seed: int, split: str, index: int, tasks=TASKS, min_side: int = 56, max_side: int = 224):
-    """One deterministic example: {"images": [PIL], "turns": [(role, text)], "task", "answer"}."""
+    """One deterministic example: {"images": [PIL], "turns": [(role, text)], "task", "answer"}.
+
+    `tasks` is sampled uniformly (repeat a name to weight it). Shape images have a random native size
+    (sides in [min_side, max_side]); OCR images are a fixed-pitch digit field (`_draw_digits`).
+    The question comes before the image, so the answer directly follows the image tokens."""
     rng = _rng(seed, split, index)
     task = tasks[int(rng.integers(0, len(tasks)))]
     w, h = _random_size(rng, min_side, max_side)
     if task == "ocr":
-        img, text = _draw_digits(rng, w, h)
+        img, text = _draw_digits(rng)
         q, a = "What number is written in the image?", text
     else:
         img, objs = _draw_shapes(rng, w, h)
@@ -112,7 +127,7 @@ def synthetic_example(seed: int, split: str, index: int, tasks=TASKS, min_side: 
         else:
             qd, c, s = objs[int(rng.integers(0, len(objs)))]
             q, a = f"Where is the {c} {s}?", QUADRANTS[qd]
-    return {"images": [img], "turns": [("user", f"{IMAGE_PLACEHOLDER}\n{q}"), ("assistant", a)],
+    return {"images": [img], "turns": [("user", f"{q}\n{IMAGE_PLACEHOLDER}"), ("assistant", a)],
             "task": task, "answer": a}
 
 
@@ -201,6 +216,21 @@ class JsonlDataset:
         return {"images": images, "turns": turns, "task": rec.get("task", "jsonl"), "answer": answer}
 
 
+class TemplateMix:
+    """A dataset view that renders a deterministic `chat_fraction` of its examples with the chat
+    template (their "template" key) and the rest with the dataset's template."""
+    def __init__(self, examples, chat_fraction: float, split: str, seed: int = 0):
+        self.examples, self.chat_fraction, self.split, self.seed = examples, chat_fraction, split, seed
+
+    def __len__(self):
+        return len(self.examples)
+
+    def __getitem__(self, i):
+        ex = self.examples[i]
+        u = int.from_bytes(hashlib.sha256(f"template/{self.seed}/{self.split}/{i}".encode()).digest()[:4], "little")
+        return dict(ex, template="chat") if u / 2 ** 32 < self.chat_fraction else ex
+
+
 def build_dataset(path: str, split: str, size: int = 1000, seed: int = 0, **kw):
     """'synthetic' (or 'synthetic:caption,ocr' to choose tasks) or a LLaVA-style .jsonl path."""
     if path == "synthetic" or path.startswith("synthetic:"):
@@ -229,6 +259,8 @@ class Sample:
 
 
 def encode_example(example, processor: ImageProcessor, tokenizer, template: str = "chat") -> Sample:
+    """Process one example; its own "template" key (see `TemplateMix`), if any, overrides `template`."""
+    template = example.get("template", template)
     patches, grids = [], []
     for k, img in enumerate(example["images"]):
         p, g = processor(img, name=getattr(img, "filename", None) or f"image {k} of a {example.get('task')} sample")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from mindvl.data import build_dataset as build_examples
-from mindvl.data import collate, encode_example, pack, packing_efficiency
+from mindvl.data import TemplateMix, collate, encode_example, pack, packing_efficiency
 from mindvl.processor import ByteTokenizer, ImageProcessor
 
 
@@ -28,6 +28,7 @@ class MindVLDataConfig:
     num_val_samples: int = 128              # synthetic: samples in the validation split
     validation_fraction: float = 0.05       # jsonl: share of lines held out (deterministic hash)
     template: str = "chat"                  # 'chat' (answer-only loss) | 'plain' (captioning-style)
+    chat_fraction: float = 0.0              # share of samples rendered with 'chat' instead (deterministic)
     seq_length: int = 512                   # LLM tokens per packed row
     max_patches: int = 512                  # ViT patch slots per packed row (multiple of merge²)
     packed: bool = True                     # several samples per row (False: one sample per row)
@@ -42,6 +43,8 @@ class MindVLDataConfig:
             raise ValueError(f"max_patches: {self.max_patches} is not a multiple of 4 (merge 2×2); use e.g. 512")
         if self.template not in ("chat", "plain"):
             raise ValueError(f"template: unknown '{self.template}'; use 'chat' or 'plain'")
+        if not 0.0 <= self.chat_fraction <= 1.0:
+            raise ValueError(f"chat_fraction: {self.chat_fraction} is outside [0, 1]; use e.g. 0.25")
         if self.seq_length < 8:
             raise ValueError(f"seq_length: {self.seq_length} is too short; use e.g. 512")
         self.processor().validate()
@@ -66,6 +69,8 @@ class MultimodalPackedDataset:
         else:
             self.examples = build_examples(cfg.path, split, seed=cfg.seed,
                                            validation_fraction=cfg.validation_fraction)
+        if cfg.chat_fraction > 0:
+            self.examples = TemplateMix(self.examples, cfg.chat_fraction, split, cfg.seed)
         self.samples = []
         for i in range(len(self.examples)):
             s = encode_example(self.examples[i], self.processor, self.tokenizer, cfg.template)
