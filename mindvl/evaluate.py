@@ -4,9 +4,10 @@ Accuracy = exact match of the answer: a sample counts as correct when the argmax
 every target position (answer tokens, closing <|im_end|> / eod) equals the label. Under teacher
 forcing that is exactly "greedy decoding reproduces the answer and stops", from one forward pass.
 
-Resolution search (MindVL): evaluate the validation accuracy at several pixel budgets
-(max_pixels), pick the best (ties -> the smaller, cheaper budget), record the choice and all scores
-in the processor config (preprocessor_config.json) that export writes.
+Resolution search (MindVL): evaluate the validation accuracy with every image resized to about N
+pixels for several budgets N (min_pixels = max_pixels = N: small images are upscaled, large ones
+downscaled, aspect kept), pick the best (ties -> the smaller, cheaper budget), record the choice and
+all scores in the processor config (preprocessor_config.json) that export writes.
 """
 
 from __future__ import annotations
@@ -62,22 +63,27 @@ def evaluate_dataset(model, dataset, rows_per_batch: int = 4) -> dict:
     return out
 
 
+def at_budget(processor, budget: int):
+    """`processor` resizing every image to about `budget` pixels (min_pixels = max_pixels = budget)."""
+    proc = dataclasses.replace(processor, min_pixels=int(budget), max_pixels=int(budget), extra={})
+    proc.validate()
+    return proc
+
+
 def resolution_search(model, examples, processor, tokenizer, budgets, seq_len: int, max_patches: int,
                       template: str = "chat", rows_per_batch: int = 4, forward=None):
-    """Evaluate `examples` (raw dataset items) at each max_pixels budget.
+    """Evaluate `examples` (raw dataset items) with every image resized to about each budget's pixels.
 
-    Returns (best processor with the choice recorded in `extra["resolution_search"]`, scores).
-    Samples that do not fit seq_len/max_patches at a budget raise (choose seq_len for the largest).
+    Returns (best processor (`at_budget`) with the choice recorded in `extra["resolution_search"]`,
+    scores). Samples that do not fit seq_len/max_patches at a budget raise (size them for the largest).
     """
     scores = {}
     for budget in sorted(int(b) for b in budgets):
-        proc = dataclasses.replace(processor, max_pixels=budget, min_pixels=min(processor.min_pixels, budget),
-                                   extra={})
-        proc.validate()
+        proc = at_budget(processor, budget)
         samples = [encode_example(ex, proc, tokenizer, template) for ex in examples]
         scores[budget] = accuracy(model, samples, tokenizer, seq_len, max_patches, rows_per_batch, forward)
     best = max(scores, key=lambda b: (scores[b]["accuracy"], -b))
-    chosen = dataclasses.replace(processor, max_pixels=best, min_pixels=min(processor.min_pixels, best))
+    chosen = at_budget(processor, best)
     chosen.extra = dict(processor.extra, resolution_search={
         "metric": "validation exact-match accuracy", "chosen_max_pixels": best,
         "scores": {str(b): s["accuracy"] for b, s in scores.items()}, "num_samples": len(examples)})
@@ -85,8 +91,9 @@ def resolution_search(model, examples, processor, tokenizer, budgets, seq_len: i
 
 
 def main(argv=None) -> int:
-    """`python -m mindvl.evaluate RECIPE.yaml [--run DIR] [--budgets 3136,7056,...] [--set k=v]`:
-    validation accuracy of a trained run at several pixel budgets (test-time resolution search);
+    """`python -m mindvl.evaluate RECIPE.yaml [--run DIR] [--budgets 784,3136,...] [--set k=v]`:
+    validation accuracy of a trained run with images resized to several pixel budgets (test-time
+    resolution search);
     writes the chosen processor (preprocessor_config.json with the search record) into the run dir."""
     import argparse
     import json
@@ -103,7 +110,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mindvl.evaluate", description=main.__doc__.splitlines()[0])
     ap.add_argument("recipe")
     ap.add_argument("--run", default=None, help="run dir or checkpoint (default: the recipe's run dir)")
-    ap.add_argument("--budgets", default="3136,4704,7056,9408,12544", help="max_pixels values, comma-separated")
+    ap.add_argument("--budgets", default="784,1568,3136,7056,12544",
+                    help="pixels per image (each image is resized to about this area), comma-separated")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args(argv)
     recipe, cfg = load_recipe(args.recipe, args.overrides)
@@ -121,12 +129,12 @@ def main(argv=None) -> int:
                                        recipe.data.max_patches, recipe.data.template)
     for budget, s in scores.items():
         side = int(round(budget ** 0.5))
-        print(f"max_pixels {budget} (~{side}x{side}): " + ", ".join(f"{k} {v:.3f}" for k, v in s.items() if k != "n"))
+        print(f"{budget} px per image (~{side}x{side}): " + ", ".join(f"{k} {v:.3f}" for k, v in s.items() if k != "n"))
     out = os.path.dirname(source.rstrip("/")) if os.path.basename(os.path.dirname(source.rstrip("/"))) == "checkpoints" else source
     out = os.path.dirname(out) if os.path.basename(out) == "checkpoints" else out
     path = chosen.save(out)
-    print(f"chosen max_pixels {chosen.extra['resolution_search']['chosen_max_pixels']} "
-          f"(trained at {recipe.data.max_pixels}); wrote {path}")
+    print(f"chosen {chosen.extra['resolution_search']['chosen_max_pixels']} px per image (trained with "
+          f"min_pixels {recipe.data.min_pixels}, max_pixels {recipe.data.max_pixels}); wrote {path}")
     print(json.dumps(chosen.extra["resolution_search"]))
     return 0
 

@@ -9,7 +9,7 @@ import pytest
 from mindvl import convert
 from mindvl.config import PRESETS
 from mindvl.data import SyntheticDataset, encode_example
-from mindvl.evaluate import accuracy, resolution_search
+from mindvl.evaluate import accuracy, at_budget, resolution_search
 from mindvl.model import MindVL
 from mindvl.processor import ByteTokenizer, ImageProcessor
 
@@ -46,10 +46,19 @@ def test_resolution_search_records_choice(model, tmp_path):
     chosen, scores = resolution_search(model, examples, proc, tk, [28 * 28 * 4, 84 * 84], 640, 192)
     assert sorted(scores) == [3136, 7056]
     rec = chosen.extra["resolution_search"]
-    assert rec["chosen_max_pixels"] == chosen.max_pixels in scores
+    assert rec["chosen_max_pixels"] == chosen.max_pixels == chosen.min_pixels in scores
     assert set(rec["scores"]) == {"3136", "7056"}
     saved = ImageProcessor.load(chosen.save(str(tmp_path)))
     assert saved.extra["resolution_search"]["chosen_max_pixels"] == chosen.max_pixels
+
+
+def test_at_budget_rescales_every_image_to_the_budget():
+    proc = ImageProcessor(min_pixels=28 * 28, max_pixels=56 * 56)
+    assert at_budget(proc, 112 * 112).target_size(56, 56) == (112, 112)      # small images upscaled
+    assert at_budget(proc, 56 * 56).target_size(224, 224) == (56, 56)        # large ones downscaled
+    assert at_budget(proc, 56 * 56).target_size(28, 112) == (28, 112)        # aspect kept
+    with pytest.raises(ValueError, match="min_pixels"):
+        at_budget(proc, 100)
 
 
 def test_accuracy_counts_exact_matches(model):
