@@ -77,3 +77,38 @@ def test_jsonl_split_is_deterministic_and_disjoint(tmp_path):
     ids_tr, ids_va = [r["id"] for r in tr.records], [r["id"] for r in va.records]
     assert sorted(ids_tr + ids_va) == list(range(20)) and ids_va and ids_tr
     assert ids_va == [r["id"] for r in JsonlDataset(path, "validation", validation_fraction=0.3).records]
+
+
+def test_ocr_images_are_fixed_pitch_digit_fields():
+    from mindvl.data import OCR_CELL, OCR_DIGITS
+    ds = SyntheticDataset(40, "train", seed=3, tasks=("ocr",))
+    lengths = set()
+    for i in range(40):
+        ex = ds[i]
+        img = np.asarray(ex["images"][0].convert("L"), np.float32)
+        assert img.shape == (OCR_CELL, OCR_CELL * OCR_DIGITS[1])
+        n = len(ex["answer"])
+        lengths.add(n)
+        cells = img.reshape(OCR_CELL, OCR_DIGITS[1], OCR_CELL).min(axis=(0, 2))
+        assert (cells[:n] < 100).all() and (cells[n:] > 150).all()   # ink only in the first n cells
+    assert lengths == set(range(OCR_DIGITS[0], OCR_DIGITS[1] + 1))
+
+
+def test_chat_fraction_renders_a_deterministic_share_with_the_chat_template():
+    from mindvl.data import TemplateMix
+    tk = ByteTokenizer()
+    base = SyntheticDataset(400, "train", seed=4, tasks=("vqa_count",))
+    mix, again = TemplateMix(base, 0.25, "train"), TemplateMix(base, 0.25, "train")
+    chat = [i for i in range(400) if mix[i].get("template") == "chat"]
+    assert chat == [i for i in range(400) if again[i].get("template") == "chat"]
+    assert 70 <= len(chat) <= 130
+    assert not any("template" in TemplateMix(base, 0.0, "train")[i] for i in range(400))
+    i, j = chat[0], next(k for k in range(400) if k not in chat)
+    assert "<|im_start|>" in tk.decode(encode_example(mix[i], PROC, tk, "plain").ids)
+    assert "<|im_start|>" not in tk.decode(encode_example(mix[j], PROC, tk, "plain").ids)
+
+
+def test_chat_fraction_outside_unit_interval_is_a_one_line_error():
+    from mindvl.dataset import MindVLDataConfig
+    with pytest.raises(ValueError, match=r"chat_fraction: 1.5 is outside \[0, 1\]"):
+        MindVLDataConfig(chat_fraction=1.5).validate()
