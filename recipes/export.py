@@ -389,24 +389,24 @@ def export_state(model_cfg, state: dict[str, np.ndarray], out: str, tokenizer=No
     safetensors_io.parse_size(shard_size)  # fail before writing anything
     arch = arch_of_config(model_cfg)
     ad = adapter(arch)
-    weights.prepare_out(out, overwrite)
-    hf_state = ad.to_hf(state, model_cfg)
-    index = write_sharded(hf_state, out, dtype, shard_size)
-    config = ad.hf_config(model_cfg)
-    config["torch_dtype"] = {"fp32": "float32", "bf16": "bfloat16"}[dtype]
-    if ad.write_assets is not None:
-        config.update(ad.write_assets(model_cfg, out, tokenizer, processor))
-    elif tokenizer is not None:
-        ids = token_ids(tokenizer)
-        config.update(ids)
-        config["eos_token_id"] = tokenizer.eod_id  # config.json: the single end-of-document id
-        write_tokenizer(tokenizer, out, getattr(model_cfg, "max_position_embeddings", 4096))
-        with open(os.path.join(out, "generation_config.json"), "w") as f:
-            json.dump({**ids, "do_sample": False}, f, indent=2)
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(config, f, indent=2)
-    if mindir:
-        export_mindir(model_cfg, state, out, mindir_seq_len, mindir_patches)
+    with weights.staged_out(out, overwrite) as stage:   # a failed export leaves no half-written OUT
+        hf_state = ad.to_hf(state, model_cfg)
+        index = write_sharded(hf_state, stage, dtype, shard_size)
+        config = ad.hf_config(model_cfg)
+        config["torch_dtype"] = {"fp32": "float32", "bf16": "bfloat16"}[dtype]
+        if ad.write_assets is not None:
+            config.update(ad.write_assets(model_cfg, stage, tokenizer, processor))
+        elif tokenizer is not None:
+            ids = token_ids(tokenizer)
+            config.update(ids)
+            config["eos_token_id"] = tokenizer.eod_id  # config.json: the single end-of-document id
+            write_tokenizer(tokenizer, stage, getattr(model_cfg, "max_position_embeddings", 4096))
+            with open(os.path.join(stage, "generation_config.json"), "w") as f:
+                json.dump({**ids, "do_sample": False}, f, indent=2)
+        with open(os.path.join(stage, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+        if mindir:
+            export_mindir(model_cfg, state, stage, mindir_seq_len, mindir_patches)
     n_shards = len(set(index["weight_map"].values()))
     log(f"exported {arch} ({len(hf_state)} tensors, {index['metadata']['total_size'] / 1e6:.1f} MB {dtype}, "
         f"{n_shards} shard{'s' if n_shards > 1 else ''}{', MINDIR' if mindir else ''}) -> {out}")

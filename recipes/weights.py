@@ -13,6 +13,7 @@ so `init_from: OUT`, `python -m recipes.evaluate OUT` and `python -m recipes.exp
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -93,6 +94,25 @@ def prepare_out(out: str, overwrite: bool, create: bool = True) -> None:
             shutil.rmtree(out)
     if create:
         os.makedirs(out, exist_ok=True)
+
+
+@contextlib.contextmanager
+def staged_out(out: str, overwrite: bool):
+    """Write a directory all at once: yields a staging directory next to OUT that replaces OUT when
+    the block succeeds (OUT emptied only then, and only with overwrite) and is removed when it
+    fails, so a failed write never leaves OUT half-written or destroys a previous OUT."""
+    prepare_out(out, overwrite, create=False)
+    stage = f"{os.path.normpath(out)}.partial-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    os.makedirs(stage)
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    os.replace(stage, out)
 
 
 def write_run_checkpoint(out: str, step: int, tensors: dict[str, np.ndarray], state: dict,

@@ -603,3 +603,32 @@ def test_mindvl_assets_refuse_foreign_tokenizer_and_processor(tokenizer, tmp_pat
     with pytest.raises(ValueError, match=r"^preprocessor_config.json: merge_size 4 but the model's "
                                          r"vision_config.spatial_merge_size is 2"):
         import_hf.import_to_run(out, str(tmp_path / "ours2"), log=lambda *_: None)
+
+
+def test_failed_export_leaves_the_previous_export_intact(tokenizer, tmp_path, monkeypatch):
+    cfg = tiny("pangu_pro_moe", tokenizer)
+    state = state_of(registry.build_model(cfg, seed=0))
+    out = str(tmp_path / "hf")
+    quiet = dict(log=lambda *_: None)
+
+    def files():
+        return {f: open(os.path.join(out, f), "rb").read() for f in sorted(os.listdir(out))}
+
+    export.export_state(cfg, state, out, tokenizer, **quiet)
+    before = files()
+
+    def disk_full(*_, **__):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(export, "export_mindir", disk_full)   # fails after the shards and configs are written
+    with pytest.raises(OSError, match="No space left"):
+        export.export_state(cfg, state, out, tokenizer, dtype="bf16", mindir=True, overwrite=True, **quiet)
+    assert os.listdir(tmp_path) == ["hf"] and files() == before     # no staging dir left, old export kept
+    with pytest.raises(OSError, match="No space left"):
+        export.export_state(cfg, state, str(tmp_path / "new"), tokenizer, mindir=True, **quiet)
+    assert os.listdir(tmp_path) == ["hf"]                             # nothing half-written at a new path
+    monkeypatch.undo()
+    export.export_state(cfg, state, out, tokenizer, dtype="bf16", overwrite=True, **quiet)
+    with open(os.path.join(out, "config.json")) as f:
+        assert json.load(f)["torch_dtype"] == "bfloat16"
+    assert os.listdir(tmp_path) == ["hf"]
