@@ -9,7 +9,14 @@ from mindvl.config import PRESETS, MindVLConfig, VisionConfig, count_parameters 
 from mindvl.model import MindVL, build_model  # noqa: E402
 
 from mindvl.dataset import MindVLDataConfig, MultimodalPackedDataset  # noqa: E402
-from mindvl.evaluate import evaluate_dataset  # noqa: E402
+
+
+def evaluate_dataset(model, dataset) -> dict:
+    """`mindvl.evaluate.evaluate_dataset`, imported on first use: importing mindvl.evaluate here would
+    make `python -m mindvl.evaluate` warn that the module was imported before it ran."""
+    from mindvl.evaluate import evaluate_dataset as evaluate
+    return evaluate(model, dataset)
+
 
 # pangu.registry spec ("mindvl" is in its _BUILTIN): `model.arch: mindvl` builds this model, the
 # recipe's `data:` section is a MindVLDataConfig, the trainer reads MultimodalPackedDataset rows and
