@@ -88,11 +88,6 @@ class Trainer:
         self.rank, self.world = init_data_parallel()
         self.is_main = self.rank == 0
         self.strategy = self._check_strategy()
-        if self.world > 1 and getattr(model_cfg, "router_bias_update_rate", 0) > 0:
-            raise ConfigError(
-                "model.router_bias_update_rate: the bias update is not synchronised across data-parallel "
-                "ranks yet; set it to 0 under msrun (or train on one process)"
-            )
 
         # An arch may bring its own data (MindVL: multimodal rows) and validation metrics (registry spec).
         self.spec = registry.get_spec(recipe.model.arch)
@@ -280,6 +275,14 @@ class Trainer:
         model, optimizer = self.model, self.optimizer
         clip = float(self.recipe.optimizer.grad_clip)
         all_reduce = ops.AllReduce() if self.world > 1 else None  # sum over data-parallel ranks
+        self._sum_over_ranks = None
+        if all_reduce is not None:
+            @ms.jit
+            def sum_over_ranks(x):
+                return all_reduce(x)
+
+            # numpy in, numpy out (outside the step; used for the expert loads of aux-loss-free balancing)
+            self._sum_over_ranks = lambda a: sum_over_ranks(ms.Tensor(a)).asnumpy()
 
         # The batch tensors are passed as varargs (*batch = self.batch_keys in order; 5 for text models,
         # 14 for MindVL); ms.jit compiles varargs functions in GRAPH mode.
@@ -411,8 +414,9 @@ class Trainer:
                 record["tokens_per_s"] = tokens_per_step / elapsed
                 if applied and hasattr(self.model, "update_expert_bias"):
                     # Aux-loss-free balancing (Ultra, router_bias_update_rate > 0): nudge each selection
-                    # bias toward the mean load counted during this step; a no-op at rate 0.
-                    self.model.update_expert_bias()
+                    # bias toward the mean load counted during this step (summed over the data-parallel
+                    # ranks, so every rank applies the same update); a no-op at rate 0.
+                    self.model.update_expert_bias(self._sum_over_ranks)
                 guard_fields, warning = self.guard.observe(self.step, loss_value, norm, applied)
                 record.update(guard_fields)
                 if warning and self.is_main:
@@ -483,15 +487,22 @@ class Trainer:
         return loss_value, metric_values, norm, applied
 
     def evaluate(self) -> float:
-        """Mean token loss over the first `train.eval_batches` batches of the validation split."""
+        """Mean token loss over the first `train.eval_batches` global batches of the validation split
+        (micro_batch_size rows per rank, like training: each data-parallel rank evaluates its slice
+        and the sums are added over ranks, so every rank returns the single-process number)."""
         from mindspore import Tensor
 
+        rows = self.recipe.train.micro_batch_size
+        mine = slice(self.rank * rows, (self.rank + 1) * rows)
         total = count = 0.0
-        for batch in self.val_data.eval_batches(self.recipe.train.micro_batch_size, self.recipe.train.eval_batches):
-            targets = float(batch["loss_mask"].sum())
+        for batch in self.val_data.eval_batches(rows * self.world, self.recipe.train.eval_batches):
+            targets = float(batch["loss_mask"][mine].sum())
             if targets:
-                total += targets * float(self._eval_step(*(Tensor(batch[k]) for k in self.batch_keys)).asnumpy())
+                loss = self._eval_step(*(Tensor(batch[k][mine]) for k in self.batch_keys))
+                total += targets * float(loss.asnumpy())
                 count += targets
+        if self._sum_over_ranks is not None:
+            total, count = (float(v) for v in self._sum_over_ranks(np.array([total, count], np.float32)))
         return total / max(count, 1.0)
 
     def save_checkpoint(self) -> str | None:
