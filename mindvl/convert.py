@@ -80,17 +80,15 @@ def hf_config(model) -> dict:
     return d
 
 
-def export(model, processor, directory: str) -> dict:
-    """Write model.safetensors (serving names), config.json and preprocessor_config.json."""
-    from safetensors.numpy import save_file
-    os.makedirs(directory, exist_ok=True)
+def export(model, processor, directory: str, tokenizer=None, overwrite: bool = False) -> dict:
+    """Export a built MindVL model for serving: `recipes.export.export_state` (the layout of
+    `python -m recipes.export`: sharded safetensors + index, config.json, preprocessor_config.json,
+    and the tokenizer / generation files when `tokenizer` is given). Returns the safetensors index."""
+    from recipes.export import export_state
+
     state = {n: p.asnumpy() for n, p in model.parameters_and_names()}
-    hf = to_hf(state, model.vision_config, model.config.text_arch, model.text_config)
-    save_file({k: np.ascontiguousarray(v) for k, v in hf.items()}, os.path.join(directory, "model.safetensors"))
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(hf_config(model), f, indent=2)
-    processor.save(directory)
-    return {"tensors": len(hf), "directory": directory}
+    return export_state(model.config, state, directory, tokenizer, processor=processor, overwrite=overwrite,
+                        log=lambda *_: None)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,11 +19,18 @@ def model():
     return MindVL(PRESETS["tiny"](), attention_impl="reference", seed=1)
 
 
-def test_export_uses_serving_layout_and_round_trips(model, tmp_path):
+def load_export(directory):
+    """Every tensor of an exported directory, through its safetensors index."""
     from safetensors.numpy import load_file
+    with open(os.path.join(directory, "model.safetensors.index.json")) as f:
+        shards = sorted(set(json.load(f)["weight_map"].values()))
+    return {k: v for shard in shards for k, v in load_file(os.path.join(directory, shard)).items()}
+
+
+def test_export_uses_serving_layout_and_round_trips(model, tmp_path):
     proc = ImageProcessor(max_pixels=112 * 112)
     convert.export(model, proc, str(tmp_path))
-    hf = load_file(os.path.join(tmp_path, "model.safetensors"))
+    hf = load_export(tmp_path)
     assert hf["visual.patch_embed.proj.weight"].shape == (32, 3, 2, 14, 14)
     assert "visual.merger.mlp.2.bias" in hf and "visual.blocks.1.attn.qkv.bias" in hf
     assert "model.layers.0.mlp.experts.3.up_proj.weight" in hf and "lm_head.weight" in hf
@@ -82,12 +89,11 @@ def test_accuracy_counts_exact_matches(model):
 
 
 def test_export_round_trip_with_ultra_decoder(tmp_path):
-    from safetensors.numpy import load_file
     cfg = PRESETS["tiny"]()
     cfg.text_arch = "pangu_ultra_moe"
     model = MindVL(cfg, attention_impl="reference", seed=2)
     convert.export(model, ImageProcessor(), str(tmp_path))
-    hf = load_file(os.path.join(tmp_path, "model.safetensors"))
+    hf = load_export(tmp_path)
     assert hf["visual.patch_embed.proj.weight"].shape == (32, 3, 2, 14, 14)
     back = convert.from_hf(hf, "pangu_ultra_moe", model.text_config)
     ours = {n: p.asnumpy() for n, p in model.parameters_and_names()}
