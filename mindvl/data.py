@@ -78,14 +78,15 @@ OCR_DIGITS = (2, 4)          # digits per OCR string (inclusive)
 OCR_CELL = 28                # one digit per cell of 28 x 28 px = one merged token (patch 14, merge 2)
 
 
-def _draw_digits(rng):
-    """A fixed-pitch digit field (an odometer / form box): OCR_DIGITS[1] cells of OCR_CELL px in a
-    row, the string left-aligned, one digit per cell (font 30-34 px, glyphs ~18 x 23 px, jittered
-    ±2 px), dark ink on a light background. Each digit falls inside one merged token."""
+def _draw_digits(rng, cell: int = OCR_CELL):
+    """A fixed-pitch digit field (an odometer / form box): OCR_DIGITS[1] square cells of `cell` px
+    in a row, the string left-aligned, one digit per cell (font ~1.1-1.2 x cell, glyphs ~2/3 x 5/6 of
+    it, jittered by ~cell/14), dark ink on a light background. At cell = OCR_CELL each digit falls
+    inside one merged token."""
     from PIL import Image, ImageDraw, ImageFont
     text = "".join(str(int(v)) for v in rng.integers(0, 10, size=int(rng.integers(OCR_DIGITS[0], OCR_DIGITS[1] + 1))))
-    c = OCR_CELL
-    size = int(rng.integers(30, 35))
+    c, scale = cell, cell / OCR_CELL
+    size = int(round(int(rng.integers(30, 35)) * scale))
     try:
         font = ImageFont.load_default(size=size)
     except TypeError:  # Pillow without FreeType: fixed bitmap font
@@ -96,8 +97,8 @@ def _draw_digits(rng):
     d = ImageDraw.Draw(img)
     for k, ch in enumerate(text):
         l, t, r, b = d.textbbox((0, 0), ch, font=font)
-        x = k * c + (c - (r - l)) / 2 - l + int(rng.integers(-2, 3))
-        y = (c - (b - t)) / 2 - t + int(rng.integers(-1, 2))
+        x = k * c + (c - (r - l)) / 2 - l + int(rng.integers(-2, 3)) * scale
+        y = (c - (b - t)) / 2 - t + int(rng.integers(-1, 2)) * scale
         d.text((x, y), ch, fill=ink, font=font)
     return img, text
 
@@ -106,13 +107,15 @@ def synthetic_example(seed: int, split: str, index: int, tasks=TASKS, min_side: 
     """One deterministic example: {"images": [PIL], "turns": [(role, text)], "task", "answer"}.
 
     `tasks` is sampled uniformly (repeat a name to weight it). Shape images have a random native size
-    (sides in [min_side, max_side]); OCR images are a fixed-pitch digit field (`_draw_digits`).
+    (sides in [min_side, max_side]); OCR images are a fixed-pitch digit field (`_draw_digits`) of
+    square cells with sides in [min_side/2, max_side/2] (at least OCR_CELL).
     The question comes before the image, so the answer directly follows the image tokens."""
     rng = _rng(seed, split, index)
     task = tasks[int(rng.integers(0, len(tasks)))]
     w, h = _random_size(rng, min_side, max_side)
     if task == "ocr":
-        img, text = _draw_digits(rng)
+        lo, hi = max(OCR_CELL, min_side // 2), max(OCR_CELL, max_side // 2)
+        img, text = _draw_digits(rng, lo if hi <= lo else int(rng.integers(lo, hi + 1)))
         q, a = "What number is written in the image?", text
     else:
         img, objs = _draw_shapes(rng, w, h)

@@ -81,17 +81,23 @@ def test_jsonl_split_is_deterministic_and_disjoint(tmp_path):
 
 def test_ocr_images_are_fixed_pitch_digit_fields():
     from mindvl.data import OCR_CELL, OCR_DIGITS
-    ds = SyntheticDataset(40, "train", seed=3, tasks=("ocr",))
-    lengths = set()
-    for i in range(40):
-        ex = ds[i]
-        img = np.asarray(ex["images"][0].convert("L"), np.float32)
-        assert img.shape == (OCR_CELL, OCR_CELL * OCR_DIGITS[1])
-        n = len(ex["answer"])
-        lengths.add(n)
-        cells = img.reshape(OCR_CELL, OCR_DIGITS[1], OCR_CELL).min(axis=(0, 2))
-        assert (cells[:n] < 100).all() and (cells[n:] > 150).all()   # ink only in the first n cells
+    lengths, cells = set(), set()
+    for min_side, max_side in ((56, 56), (56, 224)):
+        ds = SyntheticDataset(40, "train", seed=3, tasks=("ocr",), min_side=min_side, max_side=max_side)
+        for i in range(40):
+            ex = ds[i]
+            img = np.asarray(ex["images"][0].convert("L"), np.float32)
+            c = img.shape[0]
+            assert img.shape == (c, c * OCR_DIGITS[1]) and max(OCR_CELL, min_side // 2) <= c <= max_side // 2
+            if max_side == 56:
+                assert c == OCR_CELL                                      # one digit per merged token
+            n = len(ex["answer"])
+            lengths.add(n)
+            cells.add(c)
+            ink = img.reshape(c, OCR_DIGITS[1], c).min(axis=(0, 2))
+            assert (ink[:n] < 100).all() and (ink[n:] > 150).all()      # ink only in the first n cells
     assert lengths == set(range(OCR_DIGITS[0], OCR_DIGITS[1] + 1))
+    assert len(cells) > 10                                               # many native resolutions
 
 
 def test_chat_fraction_renders_a_deterministic_share_with_the_chat_template():
