@@ -19,11 +19,12 @@ def one_line(err: BaseException) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
-def run_command(body: Callable[[], int | None], debug: bool) -> int:
-    """Run a command's body; a user error prints `error: <one line>` and returns 2 (`--debug` re-raises)."""
+def run_command(body: Callable[[], int | None], debug: bool, also: tuple[type[BaseException], ...] = ()) -> int:
+    """Run a command's body; a user error (or one of the command's own `also` types, e.g. the pipeline's
+    RuntimeError for a failed stage) prints `error: <one line>` and returns 2 (`--debug` re-raises)."""
     try:
         return body() or 0
-    except USER_ERRORS as err:
+    except (*USER_ERRORS, *also) as err:
         if debug:
             raise
         print(f"error: {one_line(err)}", file=sys.stderr)

@@ -459,24 +459,22 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    from recipes.cli import run_command
     from recipes.run import split_overrides
 
     args = parse_args(argv)
     start = time.perf_counter()
-    try:
+
+    def body():
         rows = run_pipeline(args.spec, args.root, split_overrides(args.overrides), args.limit)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(format_table(rows))
-    tasks = format_task_table(rows)
-    if tasks:
-        print("\n" + tasks)
-    print(f"pipeline {args.spec}: {time.perf_counter() - start:.0f} s; summary in "
-          f"{os.path.join(args.root, load_spec(args.spec).name + '_pipeline.json')}")
-    return 0
+        print(format_table(rows))
+        tasks = format_task_table(rows)
+        if tasks:
+            print("\n" + tasks)
+        print(f"pipeline {args.spec}: {time.perf_counter() - start:.0f} s; summary in "
+              f"{os.path.join(args.root, load_spec(args.spec).name + '_pipeline.json')}")
+
+    return run_command(body, args.debug, also=(RuntimeError,))   # RuntimeError: a stage failed
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 import yaml
@@ -20,7 +21,7 @@ def _write(path, data):
     return str(path)
 
 
-def test_spec_errors_are_one_line(tmp_path, capsys):
+def test_spec_errors_are_one_line(tmp_path, capsys, monkeypatch):
     recipe = _write(tmp_path / "a.yaml", {"base": PRO_TINY})
     bad_type = _write(tmp_path / "p1.yaml", {"stages": [{"name": "x", "type": "distill", "recipe": "a.yaml"}]})
     with pytest.raises(PipelineError, match=r"stage 'x': type: unknown stage type 'distill'; use one of train"):
@@ -41,6 +42,13 @@ def test_spec_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("error: ") and err.count("\n") == 1
     ok = _write(tmp_path / "ok.yaml", {"stages": [{"name": "a", "type": "train", "recipe": "a.yaml"}]})
     assert load_spec(ok).stages[0].recipe == recipe
+    import recipes.pipeline as pipeline_mod                                  # a stage that fails when run
+    real = pipeline_mod._subprocess
+    monkeypatch.setattr(pipeline_mod, "_subprocess",
+                        lambda cmd, log: real([sys.executable, "-c", "raise SystemExit(3)"], log))
+    assert main([ok, "--root", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: stage command failed with status 3: ") and err.count("\n") == 1
 
 
 def test_two_stage_pipeline_chains_evaluates_and_resumes(tmp_path):
