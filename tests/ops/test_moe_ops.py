@@ -176,6 +176,14 @@ def test_fast_permute_plan_and_counts_identical(t, e, k):
                                   np.bincount(experts.ravel(), minlength=e))
 
 
+def permute_square_unpermute(perm, unperm, experts_t, num_experts):
+    """(x, w) -> unperm(perm(x)², w): a permutation round trip with a non-linear "expert" between."""
+    def fn(xx, ww):
+        rows, order, _ = perm(xx, experts_t, num_experts)
+        return unperm(rows * rows, order, ww)
+    return fn
+
+
 @pytest.mark.parametrize("t,e,k,h", [(1, 4, 2, 3), (19, 8, 4, 5), (64, 16, 2, 33)])
 def test_sort_permute_unpermute_parity(t, e, k, h):
     """Expert-major rows (token order inside an expert), counts, the inverse + weighted combine,
@@ -194,14 +202,9 @@ def test_sort_permute_unpermute_parity(t, e, k, h):
     assert (np.diff(flat[order]) >= 0).all()                                  # grouped by expert
     np.testing.assert_array_equal(x_f.asnumpy(), x[order // k])
     ex_t = Tensor(experts)
-
-    def run(perm, unperm):
-        def fn(xx, ww):
-            rows, od, _ = perm(xx, ex_t, e)
-            return unperm(rows * rows, od, ww)                              # a non-linear "expert"
-        return fn
-    assert_parity(run(moe_fast.sort_permute, moe_fast.sort_unpermute),
-                  run(moe_ref.sort_permute, moe_ref.sort_unpermute), [x, w], (0, 1), seed)
+    assert_parity(permute_square_unpermute(moe_fast.sort_permute, moe_fast.sort_unpermute, ex_t, e),
+                  permute_square_unpermute(moe_ref.sort_permute, moe_ref.sort_unpermute, ex_t, e),
+                  [x, w], (0, 1), seed)
 
 
 def test_moe_resolve_impl_and_scope():
@@ -263,14 +266,9 @@ def test_kernel_sort_permute_unpermute_parity(t, e, k, h):
     np.testing.assert_array_equal(cnt_k.asnumpy(), cnt_r.asnumpy())
     np.testing.assert_array_equal(x_k.asnumpy(), x[order_k.asnumpy() // k])
     ex_t = Tensor(experts)
-
-    def run(perm, unperm):
-        def fn(xx, ww):
-            rows, od, _ = perm(xx, ex_t, e)
-            return unperm(rows * rows, od, ww)                              # a non-linear "expert"
-        return fn
-    assert_parity(run(kern.sort_permute, kern.sort_unpermute),
-                  run(moe_ref.sort_permute, moe_ref.sort_unpermute), [x, w], (0, 1), seed)
+    assert_parity(permute_square_unpermute(kern.sort_permute, kern.sort_unpermute, ex_t, e),
+                  permute_square_unpermute(moe_ref.sort_permute, moe_ref.sort_unpermute, ex_t, e),
+                  [x, w], (0, 1), seed)
 
 
 @needs_kernels
