@@ -96,6 +96,22 @@ def main(argv=None) -> int:
     resolution search);
     writes the chosen processor (preprocessor_config.json with the search record) into the run dir."""
     import argparse
+
+    from recipes.cli import run_command
+
+    ap = argparse.ArgumentParser(prog="python -m mindvl.evaluate", description=main.__doc__.splitlines()[0])
+    ap.add_argument("recipe")
+    ap.add_argument("--run", default=None, help="run dir or checkpoint (default: the recipe's run dir)")
+    ap.add_argument("--budgets", default="784,1568,3136,7056,12544",
+                    help="pixels per image (each image is resized to about this area), comma-separated")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    args = ap.parse_args(argv)
+    return run_command(lambda: _search(args), args.debug)
+
+
+def _search(args) -> int:
+    """The body of `main`: load the run, search, write the chosen processor next to its checkpoints."""
     import json
     import os
 
@@ -107,14 +123,15 @@ def main(argv=None) -> int:
     from recipes.trainer import run_dir_of
     from mindvl.dataset import MultimodalPackedDataset
 
-    ap = argparse.ArgumentParser(prog="python -m mindvl.evaluate", description=main.__doc__.splitlines()[0])
-    ap.add_argument("recipe")
-    ap.add_argument("--run", default=None, help="run dir or checkpoint (default: the recipe's run dir)")
-    ap.add_argument("--budgets", default="784,1568,3136,7056,12544",
-                    help="pixels per image (each image is resized to about this area), comma-separated")
-    ap.add_argument("--set", dest="overrides", action="append", default=[])
-    args = ap.parse_args(argv)
+    try:
+        budgets = [int(b) for b in args.budgets.split(",")]
+    except ValueError:
+        raise ValueError(f"--budgets: {args.budgets!r} is not a comma-separated list of pixel counts; "
+                         "use e.g. 784,3136,12544") from None
     recipe, cfg = load_recipe(args.recipe, args.overrides)
+    if recipe.model.arch != "mindvl":
+        raise ValueError(f"{args.recipe}: model.arch is {recipe.model.arch!r}; the resolution search needs a "
+                         "MindVL recipe (e.g. recipes/mindvl/sft_tiny.yaml)")
     ms.set_context(mode=ms.GRAPH_MODE)
     val = MultimodalPackedDataset(recipe.data, "val")
     cfg = dataclasses.replace(cfg, vocab_size=val.tokenizer.vocab_size)
@@ -125,7 +142,7 @@ def main(argv=None) -> int:
         p.set_data(ms.Tensor(tensors[p.name]).astype(p.dtype))
     model.set_train(False)
     chosen, scores = resolution_search(model, val.examples, val.processor, val.tokenizer,
-                                       [int(b) for b in args.budgets.split(",")], recipe.data.seq_length,
+                                       budgets, recipe.data.seq_length,
                                        recipe.data.max_patches, recipe.data.template)
     for budget, s in scores.items():
         side = int(round(budget ** 0.5))

@@ -18,6 +18,10 @@ Stage types:
   average  `python -m recipes.average --out ROOT/<output> [--run ROOT/<run of `from`>] ARGS` (the
            `--run` is added unless ARGS have --run/--base/--spec or a {placeholder}); ARGS may use
            {root} and {<stage name>} (that stage's output directory).
+  search   MindVL test-time resolution search on the run of `from`, in place: `python -m mindvl.evaluate
+           <eval.data_from> --run ROOT/<run of `from`> ARGS` writes preprocessor_config.json (the chosen
+           pixel budget + all scores) into that run, so an export `from` this stage carries the choice;
+           skipped when the run already holds a search record.
   export   `python -m recipes.export ROOT/<run of `from`> --out ROOT/<output> ARGS`.
 Relative recipe paths are relative to the spec file. `output` defaults to <spec's model dir>_<name>.
 
@@ -54,10 +58,11 @@ import yaml
 
 os.environ.setdefault("GLOG_v", "3")
 
-STAGE_TYPES = ("train", "average", "export")
+STAGE_TYPES = ("train", "average", "search", "export")
 STAGE_KEYS = {
     "train": {"name", "type", "recipe", "init_from", "evaluate", "set"},
     "average": {"name", "type", "from", "args", "output", "evaluate"},
+    "search": {"name", "type", "from", "args"},
     "export": {"name", "type", "from", "args", "output"},
 }
 DONE_MARKER = ".pipeline_done"
@@ -169,6 +174,8 @@ def load_spec(path: str) -> Spec:
             raise PipelineError(f"{path}: eval.data_from: {data_from} not found; name a recipe with data.source: sft")
     if any(s.evaluate for s in stages) and data_from is None:
         raise PipelineError(f"{path}: eval.data_from: required when a stage has `evaluate: true`")
+    if any(s.type == "search" for s in stages) and data_from is None:
+        raise PipelineError(f"{path}: eval.data_from: required by a search stage (its validation split is searched)")
     return Spec(path, os.path.basename(os.path.normpath(here)), str(raw.get("description", "")), stages,
                 data_from, ev.get("limit"))
 
@@ -360,6 +367,18 @@ def run_pipeline(spec_path: str, root: str = "runs", overrides: list[str] = (), 
                 _subprocess(cmd, log)
                 row["status"] = "resumed" if done > 0 else "ran"
             row.update(_train_metrics(out))
+        elif stage.type == "search":
+            out = outputs[stage.source]            # in place: the searched run gets the processor
+            record = _search_record(out)
+            if record is not None:
+                row["status"] = "skipped (complete)"
+            else:
+                _subprocess([py, "-m", "mindvl.evaluate", spec.eval_data_from, "--run", out,
+                             "--set", "init_from=null", *stage.args], log)
+                record = _search_record(out)
+                row["status"] = "ran"
+            if record is not None:
+                row["resolution"] = {"chosen_max_pixels": record["chosen_max_pixels"], "scores": record["scores"]}
         else:
             out = os.path.join(root, stage.output)
             if os.path.isfile(os.path.join(out, DONE_MARKER)):
@@ -385,7 +404,8 @@ def run_pipeline(spec_path: str, root: str = "runs", overrides: list[str] = (), 
         outputs[stage.name] = out
         row["output"] = out
         row["wall_s"] = time.perf_counter() - t0
-        _record_wall(out, stage, row)  # before the evaluation: a failed evaluation keeps the stage's time
+        if stage.type != "search":     # a search stage's directory is its source's: keep that stage's record
+            _record_wall(out, stage, row)  # before the evaluation: a failed evaluation keeps the stage's time
         if stage.evaluate and evaluator is not None:
             t1 = time.perf_counter()
             result = evaluator(out, os.path.join(out, "pipeline_eval.json"))
@@ -400,6 +420,15 @@ def run_pipeline(spec_path: str, root: str = "runs", overrides: list[str] = (), 
     with open(summary, "w") as f:
         json.dump({"spec": spec_path, "rows": rows}, f, indent=1)
     return rows
+
+
+def _search_record(run_dir: str) -> dict | None:
+    """The resolution-search record of run_dir/preprocessor_config.json (written by mindvl.evaluate), if any."""
+    path = os.path.join(run_dir, "preprocessor_config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return (json.load(f).get("extra") or {}).get("resolution_search")
 
 
 def _record_wall(out: str, stage: Stage, row: dict) -> None:
@@ -471,6 +500,11 @@ def main(argv=None) -> int:
         tasks = format_task_table(rows)
         if tasks:
             print("\n" + tasks)
+        for row in rows:
+            if "resolution" in row:
+                scores = ", ".join(f"{b} px {a:.3f}" for b, a in row["resolution"]["scores"].items())
+                print(f"\nresolution search ({row['stage']}): chosen {row['resolution']['chosen_max_pixels']} px "
+                      f"per image; {scores}")
         print(f"pipeline {args.spec}: {time.perf_counter() - start:.0f} s; summary in "
               f"{os.path.join(args.root, load_spec(args.spec).name + '_pipeline.json')}")
 

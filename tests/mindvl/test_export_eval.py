@@ -100,3 +100,15 @@ def test_export_round_trip_with_ultra_decoder(tmp_path):
     assert set(back) == set(ours)
     for k in ours:
         np.testing.assert_array_equal(back[k], ours[k])
+
+
+def test_search_cli_errors_are_one_line(capsys):
+    from mindvl.evaluate import main
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    pro = os.path.join(repo, "recipes", "pangu_pro_moe", "pretrain_tiny.yaml")
+    assert main([pro]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {pro}: model.arch is 'pangu_pro_moe'") and err.count("\n") == 1
+    assert main([os.path.join(repo, "recipes", "mindvl", "sft_tiny.yaml"), "--budgets", "3136,lots"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --budgets: '3136,lots' is not a comma-separated list") and err.count("\n") == 1

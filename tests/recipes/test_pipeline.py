@@ -98,11 +98,13 @@ def test_model_pipeline_specs_chain(model):
     at least the `--last K` checkpoints the average asks for."""
     spec = load_spec(os.path.join(REPO, "recipes", model, "pipeline.yaml"))
     train = [s for s in spec.stages if s.type == "train"]
-    assert [s.type for s in spec.stages] == ["train"] * len(train) + ["average", "export"]
+    after = ["average", "search", "export"] if model == "mindvl" else ["average", "export"]
+    assert [s.type for s in spec.stages] == ["train"] * len(train) + after
     assert train[0].init_from is None
     assert [s.init_from for s in train[1:]] == [s.name for s in train[:-1]]
-    average, exported = spec.stages[-2:]
-    assert (average.source, exported.source) == (train[-1].name, average.name)
+    average, exported = spec.stages[len(train)], spec.stages[-1]
+    assert average.source == train[-1].name
+    assert [s.source for s in spec.stages[len(train) + 1:]] == [s.name for s in spec.stages[len(train):-1]]
     recipes = [_train_recipe(s) for s in train]
     assert len({r.run.name for r in recipes}) == len(train)
     last = int(average.args[average.args.index("--last") + 1])
@@ -118,7 +120,7 @@ def test_mindvl_pipeline_is_scored_by_the_arch_hook():
     from recipes.config import load_recipe
 
     spec = load_spec(os.path.join(REPO, "recipes", "mindvl", "pipeline.yaml"))
-    assert [s.name for s in spec.stages] == ["warmup", "multitask", "sft", "average", "export"]
+    assert [s.name for s in spec.stages] == ["warmup", "multitask", "sft", "average", "search", "export"]
     assert [s.name for s in spec.stages if s.evaluate] == ["multitask", "sft", "average"]
     train = [s for s in spec.stages if s.type == "train"]
     assert [os.path.basename(s.recipe) for s in train] == ["warmup_tiny.yaml", "multitask_tiny.yaml", "sft_tiny.yaml"]
@@ -176,3 +178,46 @@ def test_arch_evaluator_scores_mindvl_run_per_task(tmp_path):
     assert table[0] == "exact match per task" and table[1].split() == ["stage", "ocr", "vqa_count", "overall", "n"]
     assert table[3].split() == ["sft", "0.250", "1.000", "0.500", "4"] and len(table) == 4
     assert format_task_table([{"stage": "warmup"}]) == ""
+
+
+def test_search_stage_records_the_resolution_the_export_carries(tmp_path):
+    """A search stage runs mindvl.evaluate on its source run in place (preprocessor_config.json with the
+    record); the export from it carries the chosen budget; a re-run skips both; it needs eval.data_from."""
+    import dataclasses
+
+    from pangu import registry
+    from recipes import checkpoint as ck
+    from recipes.config import dump_yaml, load_recipe
+
+    small = {"num_val_samples": 6, "num_samples": 4, "seq_length": 256, "max_patches": 96}
+    eval_recipe = _write(tmp_path / "eval.yaml", {"base": os.path.join(REPO, "recipes", "mindvl", "sft_tiny.yaml"),
+                                                   "data": small, "train": {"micro_batch_size": 2, "steps": 3},
+                                                   "schedule": {"warmup_steps": 1}})
+    recipe, cfg = load_recipe(eval_recipe, ["init_from=null", f"run.root={tmp_path}", "run.name=vl"])
+    cfg = dataclasses.replace(cfg, vocab_size=263)
+    run = tmp_path / "vl"
+    os.makedirs(run)
+    dump_yaml(recipe, cfg, str(run / "config.yaml"))
+    model = registry.build_model(cfg, seed=4)
+    ck.save(str(run / "checkpoints"), 3, {n: p.asnumpy() for n, p in model.parameters_and_names()}, None,
+            {"step": 3}, keep_last=1)
+    stages = [{"name": "sft", "type": "train", "recipe": "eval.yaml", "set": ["run.name=vl"]},
+              {"name": "search", "type": "search", "from": "sft", "args": ["--budgets", "784,3136"]},
+              {"name": "export", "type": "export", "from": "search"}]
+    with pytest.raises(PipelineError, match="eval.data_from: required by a search stage"):
+        load_spec(_write(tmp_path / "nodata.yaml", {"stages": stages}))
+    spec = _write(tmp_path / "pipeline.yaml", {"eval": {"data_from": "eval.yaml"}, "stages": stages})
+
+    rows = run_pipeline(spec, str(tmp_path), log=lambda *_: None)
+    assert [r["status"] for r in rows] == ["skipped (complete)", "ran", "ran"]
+    chosen = rows[1]["resolution"]["chosen_max_pixels"]
+    assert chosen in (784, 3136) and set(rows[1]["resolution"]["scores"]) == {"784", "3136"}
+    with open(run / "preprocessor_config.json") as f:
+        assert json.load(f)["extra"]["resolution_search"]["chosen_max_pixels"] == chosen
+    with open(os.path.join(rows[2]["output"], "preprocessor_config.json")) as f:
+        exported = json.load(f)
+    assert exported["min_pixels"] == exported["max_pixels"] == chosen
+    assert exported["extra"]["resolution_search"]["chosen_max_pixels"] == chosen
+    again = run_pipeline(spec, str(tmp_path), log=lambda *_: None)
+    assert [r["status"] for r in again] == ["skipped (complete)"] * 3
+    assert again[1]["resolution"] == rows[1]["resolution"]
