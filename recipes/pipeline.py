@@ -502,7 +502,8 @@ def main(argv=None) -> int:
             print("\n" + tasks)
         for row in rows:
             if "resolution" in row:
-                scores = ", ".join(f"{b} px {a:.3f}" for b, a in row["resolution"]["scores"].items())
+                scores = ", ".join(f"{b} px {a:.3f}" for b, a in sorted(row["resolution"]["scores"].items(),
+                                                                             key=lambda kv: int(kv[0])))
                 print(f"\nresolution search ({row['stage']}): chosen {row['resolution']['chosen_max_pixels']} px "
                       f"per image; {scores}")
         print(f"pipeline {args.spec}: {time.perf_counter() - start:.0f} s; summary in "
