@@ -130,6 +130,21 @@ def test_mindvl_pipeline_is_scored_by_the_arch_hook():
     assert registry.get_spec("mindvl")["evaluate"].__name__ == "evaluate_dataset"
 
 
+def _untrained_vl_run(run, recipe, cfg):
+    """A MindVL run directory as 3 training steps would leave it (config.yaml + a step-3 checkpoint),
+    holding an untrained model; returns (run, model)."""
+    from pangu import registry
+    from recipes import checkpoint as ck
+    from recipes.config import dump_yaml
+
+    os.makedirs(run)
+    dump_yaml(recipe, cfg, str(run / "config.yaml"))
+    model = registry.build_model(cfg, seed=4)
+    ck.save(str(run / "checkpoints"), 3, {n: p.asnumpy() for n, p in model.parameters_and_names()}, None,
+            {"step": 3}, keep_last=1)
+    return run, model
+
+
 def test_arch_evaluator_scores_mindvl_run_per_task(tmp_path):
     """Evaluator on a (untrained) MindVL run: the registry hook's accuracy per task and overall on the first
     `limit` validation examples, the loss on the validation rows, cached; and the per-task table."""
@@ -138,9 +153,7 @@ def test_arch_evaluator_scores_mindvl_run_per_task(tmp_path):
     from mindvl.config import PRESETS
     from mindvl.evaluate import evaluate_dataset
     from mindvl.dataset import MultimodalPackedDataset
-    from pangu import registry
-    from recipes import checkpoint as ck
-    from recipes.config import dump_yaml, load_recipe
+    from recipes.config import load_recipe
     from recipes.pipeline import Evaluator, format_task_table
 
     small = {"num_val_samples": 6, "num_samples": 4, "seq_length": 256, "max_patches": 96}
@@ -151,12 +164,7 @@ def test_arch_evaluator_scores_mindvl_run_per_task(tmp_path):
     recipe, _ = load_recipe(eval_recipe, ["init_from=null", f"run.root={tmp_path}", "run.name=vl"])
     cfg = PRESETS["tiny"]()
     cfg.vocab_size = 263
-    run = tmp_path / "vl"
-    os.makedirs(run)
-    dump_yaml(recipe, cfg, str(run / "config.yaml"))
-    model = registry.build_model(cfg, seed=4)
-    ck.save(str(run / "checkpoints"), 3, {n: p.asnumpy() for n, p in model.parameters_and_names()}, None,
-            {"step": 3}, keep_last=1)
+    run, model = _untrained_vl_run(tmp_path / "vl", recipe, cfg)
 
     out = str(run / "pipeline_eval.json")
     result = Evaluator(load_spec(spec), None, lambda *_: None)(str(run), out)
@@ -185,22 +193,14 @@ def test_search_stage_records_the_resolution_the_export_carries(tmp_path):
     record); the export from it carries the chosen budget; a re-run skips both; it needs eval.data_from."""
     import dataclasses
 
-    from pangu import registry
-    from recipes import checkpoint as ck
-    from recipes.config import dump_yaml, load_recipe
+    from recipes.config import load_recipe
 
     small = {"num_val_samples": 6, "num_samples": 4, "seq_length": 256, "max_patches": 96}
     eval_recipe = _write(tmp_path / "eval.yaml", {"base": os.path.join(REPO, "recipes", "mindvl", "sft_tiny.yaml"),
                                                    "data": small, "train": {"micro_batch_size": 2, "steps": 3},
                                                    "schedule": {"warmup_steps": 1}})
     recipe, cfg = load_recipe(eval_recipe, ["init_from=null", f"run.root={tmp_path}", "run.name=vl"])
-    cfg = dataclasses.replace(cfg, vocab_size=263)
-    run = tmp_path / "vl"
-    os.makedirs(run)
-    dump_yaml(recipe, cfg, str(run / "config.yaml"))
-    model = registry.build_model(cfg, seed=4)
-    ck.save(str(run / "checkpoints"), 3, {n: p.asnumpy() for n, p in model.parameters_and_names()}, None,
-            {"step": 3}, keep_last=1)
+    run, _ = _untrained_vl_run(tmp_path / "vl", recipe, dataclasses.replace(cfg, vocab_size=263))
     stages = [{"name": "sft", "type": "train", "recipe": "eval.yaml", "set": ["run.name=vl"]},
               {"name": "search", "type": "search", "from": "sft", "args": ["--budgets", "784,3136"]},
               {"name": "export", "type": "export", "from": "search"}]
