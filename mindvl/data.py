@@ -37,6 +37,11 @@ def _rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(h[:8], "little"))
 
 
+def _unit_hash(key: str) -> float:
+    """A deterministic uniform number in [0, 1) from `key` (split and template choices)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little") / 2 ** 32
+
+
 def _random_size(rng, min_side: int, max_side: int) -> tuple[int, int]:
     """Native resolution with an aspect ratio between 1:3 and 3:1 (min_side == max_side: square)."""
     area = rng.uniform(min_side ** 2 * 1.2, max(min_side ** 2 * 1.2, max_side ** 2 * 0.8))
@@ -197,8 +202,7 @@ class JsonlDataset:
                     raise ValueError(f"{path}:{n + 1}: record has no 'conversations'; use the LLaVA format "
                                      f"{{'image': ..., 'conversations': [{{'from', 'value'}}]}}")
                 if validation_fraction > 0:
-                    u = int.from_bytes(hashlib.sha256(f"{seed}/{n}".encode()).digest()[:4], "little") / 2 ** 32
-                    if (u < validation_fraction) != (split == "validation"):
+                    if (_unit_hash(f"{seed}/{n}") < validation_fraction) != (split == "validation"):
                         continue
                 self.records.append(rec)
 
@@ -230,8 +234,8 @@ class TemplateMix:
 
     def __getitem__(self, i):
         ex = self.examples[i]
-        u = int.from_bytes(hashlib.sha256(f"template/{self.seed}/{self.split}/{i}".encode()).digest()[:4], "little")
-        return dict(ex, template="chat") if u / 2 ** 32 < self.chat_fraction else ex
+        chat = _unit_hash(f"template/{self.seed}/{self.split}/{i}") < self.chat_fraction
+        return dict(ex, template="chat") if chat else ex
 
 
 def build_dataset(path: str, split: str, size: int = 1000, seed: int = 0, **kw):
