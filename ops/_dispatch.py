@@ -50,14 +50,55 @@ def effective(impl: str, op: str) -> str:
     return _SCOPE[-1] if impl == "auto" else impl
 
 
-def load_fast(module: str, attr: str):
-    """Import `module` (which builds its kernel on import) and return its `attr`, or None with a
-    warning when it cannot be built/loaded (no g++, broken build): callers fall back to reference."""
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except Exception as exc:  # noqa: BLE001 (any build/load failure means "no fast path")
-        warnings.warn(f"{module} unavailable ({exc!r}); using the reference")
-        return None
+class FastPath:
+    """The CPU fast path of one op package: kernel functions of `module`, built and loaded lazily.
+
+    `module` builds its aot kernel when imported (ops/_build.py); `names` are the functions it
+    exports (and, optionally, `is_available() -> bool`). On the first `available()` the module is
+    imported once; when that fails (no g++, broken build) or `is_available()` says no, a warning is
+    printed and the op falls back to its reference. Afterwards each name is an attribute of this
+    object (`FAST.rms_norm(...)`) and `ready` says whether they are usable. The op's dispatcher
+    tests `impl == "fast" and FAST.ready`: GRAPH mode reads both at compile time, which is why the
+    impl is resolved once, outside any graph, when a model's cells are built.
+    """
+
+    def __init__(self, op: str, module: str, names: tuple, auto_fast: bool = True):
+        self.op, self.module, self.names = op, module, tuple(names)
+        self.auto_fast = auto_fast     # "auto" picks "fast" on CPU (measured faster, docs/ops.md)
+        self.ready = False
+        self.enabled = True            # set_enabled(False): A/B runs against the composition
+        self._tried = False
+
+    def available(self) -> bool:
+        """Build/load the kernels on first use; True when they are usable (and enabled)."""
+        if not self._tried:
+            self._tried = True
+            try:
+                mod = importlib.import_module(self.module)
+                fns = [getattr(mod, name) for name in self.names]
+                ok = getattr(mod, "is_available", lambda: True)()
+            except Exception as exc:  # noqa: BLE001 (any build/load failure means "no fast path")
+                warnings.warn(f"{self.module} unavailable ({exc!r}); using the reference")
+                ok = False
+            if ok:
+                for name, fn in zip(self.names, fns):
+                    setattr(self, name, fn)
+                self.ready = True
+        return self.ready and self.enabled
+
+    def set_enabled(self, on: bool) -> None:
+        """Switch the kernels off (the op runs its composition/reference instead) or back on.
+        GRAPH mode reads this when a graph COMPILES (first call): set it before that."""
+        self.enabled = bool(on)
+        self.ready = bool(on) and self._tried and all(hasattr(self, n) for n in self.names)
+
+    def reset(self) -> None:
+        """Forget the load (tests: simulate a machine where the kernel was never built)."""
+        self._tried = self.ready = False
+
+    def resolve(self, impl: str = "auto") -> str:
+        """The op's `resolve_impl`: "reference" | "fast" | "ascend" (see `resolve_fast`)."""
+        return resolve_fast(self.op, impl, self.available, self.auto_fast)
 
 
 def resolve_fast(op: str, impl: str, fast_available, auto_fast: bool = True) -> str:

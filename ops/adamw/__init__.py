@@ -14,34 +14,20 @@ impl:
                buildable, else reference.
 Resolve once at build time (`resolve_impl`) and pass the concrete name in GRAPH mode.
 """
-from ops._dispatch import load_fast, resolve_fast
+from ops._dispatch import FastPath
 from ops.adamw import reference as _ref
 
 __all__ = ["adamw_update", "sum_squares", "resolve_impl", "fast_available"]
 
-_FAST_UPDATE = _FAST_SUM_SQUARES = None
-_FAST_TRIED = False
-
-
-def fast_available() -> bool:
-    """Build/load the CPU kernels on first use; True when they are usable."""
-    global _FAST_UPDATE, _FAST_SUM_SQUARES, _FAST_TRIED
-    if not _FAST_TRIED:
-        _FAST_TRIED = True
-        _FAST_UPDATE = load_fast("ops.adamw.fast_cpu", "adamw_update")
-        _FAST_SUM_SQUARES = _FAST_UPDATE and load_fast("ops.adamw.fast_cpu", "sum_squares")
-    return _FAST_SUM_SQUARES is not None
-
-
-def resolve_impl(impl="auto"):
-    """Concrete implementation for this device: "reference" | "fast" | "ascend"."""
-    return resolve_fast("adamw", impl, fast_available, True)
+FAST = FastPath("adamw", "ops.adamw.fast_cpu", ("adamw_update", "sum_squares"))
+fast_available = FAST.available   # build/load the CPU kernel on first use; True when usable
+resolve_impl = FAST.resolve       # concrete impl for this device: "reference" | "fast" | "ascend"
 
 
 def adamw_update(param, m, v, grad, hyper, impl="auto"):
     """One AdamW step for one parameter -> (param', m', v') (the caller assigns them)."""
-    if impl == "fast" and _FAST_UPDATE is not None:
-        return _FAST_UPDATE(param, m, v, grad, hyper)
+    if impl == "fast" and FAST.ready:
+        return FAST.adamw_update(param, m, v, grad, hyper)
     if impl in ("reference", "ascend"):
         return _ref.adamw_update(param, m, v, grad, hyper)
     return adamw_update(param, m, v, grad, hyper, resolve_impl(impl))
@@ -49,8 +35,8 @@ def adamw_update(param, m, v, grad, hyper, impl="auto"):
 
 def sum_squares(x, impl="auto"):
     """sum(x ** 2) as a fp32 scalar."""
-    if impl == "fast" and _FAST_SUM_SQUARES is not None:
-        return _FAST_SUM_SQUARES(x)
+    if impl == "fast" and FAST.ready:
+        return FAST.sum_squares(x)
     if impl in ("reference", "ascend"):
         return _ref.sum_squares(x)
     return sum_squares(x, resolve_impl(impl))

@@ -18,28 +18,15 @@ GRAPH mode: resolve once outside the graph (`resolve_impl`) and pass the concret
 """
 import mindspore as ms
 
-from ops._dispatch import load_fast, resolve_fast
+from ops._dispatch import FastPath
 from ops.grouped_matmul import reference as _ref
 
 __all__ = ["grouped_matmul", "resolve_impl", "fast_available", "check_shapes"]
 
-AUTO_FAST = True
-_FAST_FN = None
-_FAST_TRIED = False
-
-
-def fast_available() -> bool:
-    """Build/load the CPU kernel on first use; True when it is usable."""
-    global _FAST_FN, _FAST_TRIED
-    if not _FAST_TRIED:
-        _FAST_TRIED = True
-        _FAST_FN = load_fast("ops.grouped_matmul.fast_cpu", "grouped_matmul")
-    return _FAST_FN is not None
-
-
-def resolve_impl(impl="auto"):
-    """Concrete implementation for this device: "reference" | "fast" | "ascend"."""
-    return resolve_fast("grouped_matmul", impl, fast_available, AUTO_FAST)
+AUTO_FAST = True     # "auto" picks the kernel on CPU (measured faster, docs/ops.md)
+FAST = FastPath("grouped_matmul", "ops.grouped_matmul.fast_cpu", ("grouped_matmul",), AUTO_FAST)
+fast_available = FAST.available   # build/load the CPU kernel on first use; True when usable
+resolve_impl = FAST.resolve       # concrete impl for this device: "reference" | "fast" | "ascend"
 
 
 def check_shapes(x_shape, w_shape, counts_shape):
@@ -63,6 +50,6 @@ def grouped_matmul(x_AK, w_ENK, counts_E, impl="auto"):
         return _ref.grouped_matmul(x_AK, w_ENK, counts_E)
     if impl == "ascend":
         return _ascend(x_AK, w_ENK, counts_E)
-    if impl == "fast" and _FAST_FN is not None:
-        return _FAST_FN(x_AK, w_ENK, counts_E)
+    if impl == "fast" and FAST.ready:
+        return FAST.grouped_matmul(x_AK, w_ENK, counts_E)
     return grouped_matmul(x_AK, w_ENK, counts_E, resolve_impl(impl))

@@ -27,12 +27,10 @@ impl:
 GRAPH mode: resolve once at build time (`resolve_impl(op, impl)`) and pass the concrete name (for
 sort_permute / sort_unpermute resolving "fast" also builds/loads the kernels).
 """
-import importlib
-
 import mindspore as ms
 from mindspore import ops
 
-from ops._dispatch import effective, load_fast, on_ascend
+from ops._dispatch import FastPath, effective, on_ascend
 from ops.moe import fast as _fast
 from ops.moe import reference as _ref
 from ops.moe.reference import (balance_loss, default_block, imbalance_score, imbalance_score_np,
@@ -52,27 +50,15 @@ AUTO_FAST = {"moge_route": False, "topk_route": True, "permute_plan": False,
              "expert_counts": False, "sort_permute": True, "sort_unpermute": True}
 
 
-_KERNELS = None          # ops.moe.fast_cpu once loaded (sort_permute / sort_unpermute kernels)
-_KERNELS_TRIED = False
-_KERNELS_ON = True
-
-
-def kernels_available() -> bool:
-    """Build/load the CPU permutation kernels on first use; True when usable and enabled."""
-    global _KERNELS, _KERNELS_TRIED
-    if not _KERNELS_TRIED:
-        _KERNELS_TRIED = True
-        if load_fast("ops.moe.fast_cpu", "_LIB") is not None:   # builds it, or warns
-            _KERNELS = importlib.import_module("ops.moe.fast_cpu")
-    return _KERNELS is not None and _KERNELS_ON
+KERNELS = FastPath("moe", "ops.moe.fast_cpu", ("sort_permute", "sort_unpermute"))
+kernels_available = KERNELS.available  # build/load the permutation kernels on first use; True when usable
 
 
 def use_kernels(on: bool) -> None:
     """Switch the "fast" sort_permute / sort_unpermute between the aot kernels (True, default) and
     the fast.py composition (False). GRAPH mode reads the switch when a graph COMPILES (first call),
     so set it before a jitted function's first call (benchmarks: A/B in one process)."""
-    global _KERNELS_ON
-    _KERNELS_ON = bool(on)
+    KERNELS.set_enabled(on)
 
 
 def resolve_impl(op: str, impl: str = "auto") -> str:
@@ -138,8 +124,8 @@ def sort_permute(x_TH, experts_TK, num_experts, impl="auto"):
         counts = _ref.expert_counts(experts_TK, num_experts).astype(ms.int32)
         return x_AH, order_A, counts
     if impl == "fast":
-        if _KERNELS is not None and _KERNELS_ON:
-            return _KERNELS.sort_permute(x_TH, experts_TK, num_experts)
+        if KERNELS.ready:
+            return KERNELS.sort_permute(x_TH, experts_TK, num_experts)
         return _fast.sort_permute(x_TH, experts_TK, num_experts)
     return _ref.sort_permute(x_TH, experts_TK, num_experts)
 
@@ -151,8 +137,8 @@ def sort_unpermute(x_AH, order_A, weights_TK, impl="auto"):
     if impl == "ascend":
         return ops.moe_token_unpermute(x_AH, order_A, weights_TK.astype(x_AH.dtype))
     if impl == "fast":
-        if _KERNELS is not None and _KERNELS_ON:
-            return _KERNELS.sort_unpermute(x_AH, order_A, weights_TK)
+        if KERNELS.ready:
+            return KERNELS.sort_unpermute(x_AH, order_A, weights_TK)
         return _fast.sort_unpermute(x_AH, order_A, weights_TK)
     return _ref.sort_unpermute(x_AH, order_A, weights_TK)
 

@@ -11,28 +11,15 @@ GRAPH mode: resolve once outside the graph (`resolve_impl`, done by RMSNorm cell
 """
 from mindspore import ops
 
-from ops._dispatch import load_fast, resolve_fast
+from ops._dispatch import FastPath
 from ops.rms_norm import reference as _ref
 
 __all__ = ["rms_norm", "resolve_impl", "fast_available"]
 
-AUTO_FAST = True
-_FAST_FN = None
-_FAST_TRIED = False
-
-
-def fast_available() -> bool:
-    """Build/load the CPU kernel on first use; True when it is usable."""
-    global _FAST_FN, _FAST_TRIED
-    if not _FAST_TRIED:
-        _FAST_TRIED = True
-        _FAST_FN = load_fast("ops.rms_norm.fast_cpu", "rms_norm")
-    return _FAST_FN is not None
-
-
-def resolve_impl(impl="auto"):
-    """Concrete implementation for this device: "reference" | "fast" | "ascend"."""
-    return resolve_fast("rms_norm", impl, fast_available, AUTO_FAST)
+AUTO_FAST = True     # "auto" picks the kernel on CPU (measured faster, docs/ops.md)
+FAST = FastPath("rms_norm", "ops.rms_norm.fast_cpu", ("rms_norm",), AUTO_FAST)
+fast_available = FAST.available   # build/load the CPU kernel on first use; True when usable
+resolve_impl = FAST.resolve       # concrete impl for this device: "reference" | "fast" | "ascend"
 
 
 def rms_norm(x, weight, eps=1e-5, impl="auto"):
@@ -41,6 +28,6 @@ def rms_norm(x, weight, eps=1e-5, impl="auto"):
         return _ref.rms_norm(x, weight, eps)
     if impl == "ascend":
         return ops.rms_norm(x, weight.astype(x.dtype), eps)[0]
-    if impl == "fast" and _FAST_FN is not None:
-        return _FAST_FN(x, weight, eps)
+    if impl == "fast" and FAST.ready:
+        return FAST.rms_norm(x, weight, eps)
     return rms_norm(x, weight, eps, resolve_impl(impl))

@@ -16,7 +16,7 @@ impl (apply_rope; the tables are cheap [B, S, dim] compositions shared by every 
 """
 from mindspore import ops
 
-from ops._dispatch import load_fast, resolve_fast
+from ops._dispatch import FastPath
 from ops.rope.reference import (LAYOUTS, check_layout, inv_freq, mrope_tables, rotary_tables,
                                 rotary_tables_2d)
 from ops.rope import reference as _ref
@@ -24,23 +24,10 @@ from ops.rope import reference as _ref
 __all__ = ["rotary_tables", "rotary_tables_2d", "mrope_tables", "apply_rope", "resolve_impl",
            "fast_available", "LAYOUTS", "inv_freq"]
 
-AUTO_FAST = True
-_FAST_FN = None
-_FAST_TRIED = False
-
-
-def fast_available() -> bool:
-    """Build/load the CPU kernel on first use; True when it is usable."""
-    global _FAST_FN, _FAST_TRIED
-    if not _FAST_TRIED:
-        _FAST_TRIED = True
-        _FAST_FN = load_fast("ops.rope.fast_cpu", "apply_rope")
-    return _FAST_FN is not None
-
-
-def resolve_impl(impl: str = "auto") -> str:
-    """Concrete implementation for this device: "reference" | "fast" | "ascend"."""
-    return resolve_fast("rope", impl, fast_available, AUTO_FAST)
+AUTO_FAST = True     # "auto" picks the kernel on CPU (measured faster, docs/ops.md)
+FAST = FastPath("rope", "ops.rope.fast_cpu", ("apply_rope",), AUTO_FAST)
+fast_available = FAST.available   # build/load the CPU kernel on first use; True when usable
+resolve_impl = FAST.resolve       # concrete impl for this device: "reference" | "fast" | "ascend"
 
 
 def apply_rope(x, cos, sin, layout="rotate_half", impl="auto"):
@@ -51,6 +38,6 @@ def apply_rope(x, cos, sin, layout="rotate_half", impl="auto"):
     if impl == "ascend":
         mode = 0 if layout == "rotate_half" else 1
         return ops.rotary_position_embedding(x, cos.astype(x.dtype), sin.astype(x.dtype), mode)
-    if impl == "fast" and _FAST_FN is not None:
-        return _FAST_FN(x, cos, sin, layout)
+    if impl == "fast" and FAST.ready:
+        return FAST.apply_rope(x, cos, sin, layout)
     return apply_rope(x, cos, sin, layout, resolve_impl(impl))

@@ -183,8 +183,8 @@ def test_missing_dnnl_fails_build_with_one_line_message_and_auto_falls_back(monk
     # the op's auto/fast then resolve to the reference (with a warning), as when g++ is missing
     monkeypatch.setattr(_build.KERNELS["grouped_matmul"], "link", missing)
     monkeypatch.delitem(sys.modules, "ops.grouped_matmul.fast_cpu", raising=False)
-    monkeypatch.setattr(gm, "_FAST_FN", None)
-    monkeypatch.setattr(gm, "_FAST_TRIED", False)
+    monkeypatch.setattr(gm.FAST, "ready", False)
+    monkeypatch.setattr(gm.FAST, "_tried", False)
     with pytest.warns(UserWarning, match="libdnnl_missing.so.9 not found"):
         assert gm.resolve_impl("auto") == "reference"
     assert gm.resolve_impl("fast") == "reference"
