@@ -57,8 +57,8 @@ generate: setup  ## make generate RUN=runs/pro_sft PROMPT="copy: a b c ->" [ARGS
 
 .PHONY: chaos
 chaos: setup  ## SIGKILL the tiny recipe at random points, resume, compare bitwise: make chaos [ARGS="--kills 10 --seed 0"]
-	$(PY) -m recipes.chaos $(if $(strip $(ARGS)),$(ARGS),--kills 10 --seed 0)
+	$(PY) -m recipes.tools.chaos $(if $(strip $(ARGS)),$(ARGS),--kills 10 --seed 0)
 
 .PHONY: bench
 bench: setup  ## train-step time, tokens/s, MFU on CPU, MoE vs dense, data throughput -> docs/benchmarks.md: make bench [ARGS="--label x --steps 10"]
-	$(PY) -m recipes.bench $(ARGS)
+	$(PY) -m recipes.tools.bench $(ARGS)

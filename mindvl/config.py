@@ -1,12 +1,16 @@
 """MindVL configuration: the vision tower (Qwen2.5-VL `vision_config` key names) + which pangu decoder.
 
-The decoder is any architecture registered in `pangu.registry` ("pangu_pro_moe", "pangu_ultra_moe"),
-built from one of its presets plus overrides; MindVL only adds the vision tower and M-RoPE.
+The decoder is any text decoder of `pangu.decoders` ("pangu_pro_moe", "pangu_ultra_moe"), built from
+one of its presets plus overrides; MindVL only adds the vision tower and M-RoPE.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+
+from pangu.decoders import DECODERS, get_decoder
+from pangu.shape import ModelShape, VisionShape
 
 
 @dataclass
@@ -59,7 +63,7 @@ class VisionConfig:
 class MindVLConfig:
     """Vision tower + a registered pangu decoder + M-RoPE."""
     vision_config: VisionConfig = field(default_factory=VisionConfig)  # the ViT and merger
-    text_arch: str = "pangu_pro_moe"        # decoder architecture in pangu.registry
+    text_arch: str = "pangu_pro_moe"        # decoder architecture in pangu.decoders
     text_preset: str = "tiny"               # decoder preset
     text_overrides: dict = field(default_factory=dict)  # decoder config field -> value
     mrope_section: tuple = ()               # rotary pairs for (t, h, w); () = auto (D/8, 3D/16, 3D/16)
@@ -75,10 +79,8 @@ class MindVLConfig:
             raise ValueError(f"compute_dtype: unknown '{self.compute_dtype}'; use float32 or bfloat16")
         if self.vocab_size < 0:
             raise ValueError(f"vocab_size: {self.vocab_size} < 0; use 0 (decoder preset) or the tokenizer size")
-        from pangu import registry
-        if self.text_arch not in registry.arch_names() or self.text_arch == "mindvl":
-            raise ValueError(f"text_arch: {self.text_arch!r} is not a decoder; use one of "
-                             f"{[a for a in registry.arch_names() if a != 'mindvl']}")
+        if self.text_arch not in DECODERS:
+            raise ValueError(f"text_arch: {self.text_arch!r} is not a decoder; use one of {sorted(DECODERS)}")
         try:
             self.text_config()
         except ValueError as err:   # a bad text_preset / text_overrides key, or a bad decoder value
@@ -88,12 +90,28 @@ class MindVLConfig:
 
     def text_config(self):
         """The decoder config: preset + text_overrides (+ vocab_size / compute_dtype of this config)."""
-        from pangu import registry
         kw = dict(self.text_overrides)
         if self.vocab_size:
             kw["vocab_size"] = self.vocab_size
         kw.setdefault("compute_dtype", self.compute_dtype)
-        return registry.get_config(self.text_arch, self.text_preset, **kw)
+        return get_decoder(self.text_arch).config(self.text_preset, **kw)
+
+    def decoder_rope(self) -> tuple:
+        """(rotary dim, theta, layout) of the decoder's RoPE: MLA rotates its qk_rope dims interleaved,
+        GQA its full head dim rotate-half (the layout of each decoder's checkpoints)."""
+        text = self.text_config()
+        s = get_decoder(self.text_arch).shape(text)
+        if s.attention == "mla":
+            return s.qk_rope_dim, text.rope_theta, "interleaved"
+        return s.head_dim, text.rope_theta, "rotate_half"
+
+    def mrope(self) -> tuple:
+        """M-RoPE sections (t, h, w) in rotary pairs: `mrope_section`, or auto from the rotary dim."""
+        return tuple(self.mrope_section) or auto_mrope_section(self.decoder_rope()[0])
+
+    def vision_for_decoder(self) -> VisionConfig:
+        """The vision config with the merger's output width set to the decoder's hidden size."""
+        return dataclasses.replace(self.vision_config, out_hidden_size=self.text_config().hidden_size)
 
 
 def auto_mrope_section(rotary_dim: int) -> tuple:
@@ -127,12 +145,22 @@ def count_vision_parameters(v: VisionConfig) -> int:
 
 def count_parameters(cfg: MindVLConfig):
     """(total, active): vision tower (always active) + the decoder's own analytic count."""
-    import dataclasses
-    from pangu import registry
     text = cfg.text_config()
-    vision = count_vision_parameters(dataclasses.replace(cfg.vision_config, out_hidden_size=text.hidden_size))
-    total, active = registry.count_parameters(text)
+    vision = count_vision_parameters(cfg.vision_for_decoder())
+    total, active = get_decoder(cfg.text_arch).count_parameters(text)
     return total + vision, active + vision
+
+
+def model_shape(cfg: MindVLConfig) -> ModelShape:
+    """The planner's view: the decoder's own shape plus the vision tower."""
+    text = cfg.text_config()
+    v = cfg.vision_for_decoder()
+    vision = VisionShape(depth=v.depth, hidden_size=v.hidden_size, intermediate_size=v.intermediate_size,
+                         num_heads=v.num_heads, patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size,
+                         in_channels=v.in_chans, spatial_merge_size=v.spatial_merge_size,
+                         out_hidden_size=v.out_hidden_size, window_size=v.window_size,
+                         fullatt_block_indexes=tuple(v.fullatt_block_indexes))
+    return dataclasses.replace(get_decoder(cfg.text_arch).shape(text), arch="mindvl", vision=vision)
 
 
 PRESETS = {name: (lambda n=name: MindVLConfig(vision_config=vision_preset(n), text_preset=n))

@@ -1,58 +1,51 @@
-"""MindVL <-> serving layout (Qwen2_5_VLForConditionalGeneration naming) and export.
+"""MindVL <-> serving layout (Qwen2_5_VLForConditionalGeneration naming), config.json both ways, and the
+files a MindVL serving directory carries besides the weights (tokenizer.json, preprocessor_config.json).
 
 Ours == serving for `visual.*` except the patch embedding: ours `visual.patch_embed.proj.weight`
 [C, 3·2·14·14] (a Linear over flattened patches) <-> serving Conv3d weight [C, 3, 2, 14, 14]
 (same values, reshaped: the processor flattens patches channel, frame, row, column).
-`language_model.<name>` <-> the decoder arch's own serving names (its convert module), i.e. `model.*`
-and `lm_head.*` at top level.
+`language_model.<name>` <-> the decoder's own serving names (its spec's ServingLayout), i.e. `model.*`
+and `lm_head.*` at top level, so a Pro or Ultra decoder exports exactly like the text model.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import inspect
 import json
 import os
+import shutil
 
 import numpy as np
 
-from pangu import registry
+from mindvl.config import MindVLConfig, VisionConfig
+from pangu.decoders import DECODERS, get_decoder
+from pangu.spec import ServingLayout
 
 _PATCH = "visual.patch_embed.proj.weight"
 _LM = "language_model."
+_TEXT_ARCH_OF = {spec.serving.architecture: name for name, spec in DECODERS.items()}
 
 
-def _text_convert(arch: str):
-    return importlib.import_module(registry.get_spec(arch)["convert_module"])
-
-
-def _call(fn, state, text_cfg):
-    """Pro's to_hf/from_hf take (state), Ultra's take (state, cfg)."""
-    if len(inspect.signature(fn).parameters) >= 2:
-        if text_cfg is None:
-            raise ValueError("text_cfg: this decoder's converter needs its config; pass text_cfg=model.text_config")
-        return fn(state, text_cfg)
-    return fn(state)
-
-
-def to_hf(state: dict, vision_cfg, text_arch: str, text_cfg=None) -> dict:
-    out, text = {}, {}
+def to_hf(state: dict, cfg: MindVLConfig) -> dict:
+    """Our {name: array} -> serving {name: array}."""
+    vision, text = cfg.vision_for_decoder(), cfg.text_config()
+    out, text_state = {}, {}
     for name, v in state.items():
         v = np.asarray(v)
         if name == _PATCH:
-            out[name] = v.reshape(v.shape[0], vision_cfg.in_chans, vision_cfg.temporal_patch_size,
-                                  vision_cfg.patch_size, vision_cfg.patch_size)
+            out[name] = v.reshape(v.shape[0], vision.in_chans, vision.temporal_patch_size,
+                                  vision.patch_size, vision.patch_size)
         elif name.startswith(_LM):
-            text[name[len(_LM):]] = v
+            text_state[name[len(_LM):]] = v
         else:
             out[name] = v
-    out.update(_call(_text_convert(text_arch).to_hf, text, text_cfg))
+    out.update(get_decoder(cfg.text_arch).serving.to_hf(text_state, text))
     return out
 
 
-def from_hf(state: dict, text_arch: str, text_cfg=None) -> dict:
-    out, text = {}, {}
+def from_hf(state: dict, cfg: MindVLConfig) -> dict:
+    """Serving {name: array} -> our {name: array}."""
+    out, text_state = {}, {}
     for name, v in state.items():
         v = np.asarray(v)
         if name == _PATCH:
@@ -60,35 +53,114 @@ def from_hf(state: dict, text_arch: str, text_cfg=None) -> dict:
         elif name.startswith("visual."):
             out[name] = v
         else:
-            text[name] = v
-    out.update({_LM + k: v for k, v in _call(_text_convert(text_arch).from_hf, text, text_cfg).items()})
+            text_state[name] = v
+    text = get_decoder(cfg.text_arch).serving.from_hf(text_state, cfg.text_config())
+    out.update({_LM + k: v for k, v in text.items()})
     return out
 
 
-def hf_config(model) -> dict:
+def hf_config(cfg: MindVLConfig) -> dict:
     """config.json: the decoder's serving config + nested vision_config + M-RoPE sections."""
-    cfg, v = model.config, model.vision_config
-    d = _text_convert(cfg.text_arch).hf_config(model.text_config)
+    text, v = cfg.text_config(), cfg.vision_for_decoder()
+    d = get_decoder(cfg.text_arch).serving.config_to_hf(text)
     vd = dataclasses.asdict(v)
     vd["fullatt_block_indexes"] = list(v.fullatt_block_indexes)
     vd.update(spatial_patch_size=v.patch_size, hidden_act="silu")
     d.update(vision_config=vd, image_token_id=cfg.image_token_id, vision_start_token_id=cfg.vision_start_token_id,
              vision_end_token_id=cfg.vision_end_token_id,
-             rope_scaling={"type": "mrope", "mrope_section": list(model.mrope_section)},
+             rope_scaling={"type": "mrope", "mrope_section": list(cfg.mrope())},
              text_architectures=d.get("architectures"), architectures=["Qwen2_5_VLForConditionalGeneration"],
              model_type="qwen2_5_vl")
     return d
 
 
-def export(model, processor, directory: str, tokenizer=None, overwrite: bool = False) -> dict:
-    """Export a built MindVL model for serving: `recipes.export.export_state` (the layout of
-    `python -m recipes.export`: sharded safetensors + index, config.json, preprocessor_config.json,
-    and the tokenizer / generation files when `tokenizer` is given). Returns the safetensors index."""
-    from recipes.export import export_state
+def config_from_hf(d: dict, names=None) -> MindVLConfig:
+    """config.json (+ serving tensor names; None: the config alone) -> our validated MindVLConfig."""
+    text_arch = _TEXT_ARCH_OF.get((d.get("text_architectures") or [None])[0])
+    if text_arch is None:
+        raise ValueError(f"text_architectures: {d.get('text_architectures')} is not a pangu decoder; "
+                         f"expected one of {sorted(_TEXT_ARCH_OF)}")
+    text_names = None if names is None else [n for n in names if not n.startswith("visual.")]
+    text = get_decoder(text_arch).serving.config_from_hf(d, text_names)
+    fields = {f.name for f in dataclasses.fields(VisionConfig)}
+    vd = {k: v for k, v in d["vision_config"].items() if k in fields}
+    vd["fullatt_block_indexes"] = tuple(vd.get("fullatt_block_indexes", ()))
+    return MindVLConfig(vision_config=VisionConfig(**vd), text_arch=text_arch, text_preset="tiny",
+                        text_overrides=dataclasses.asdict(text),
+                        mrope_section=tuple(d["rope_scaling"]["mrope_section"]),
+                        image_token_id=d["image_token_id"], vision_start_token_id=d["vision_start_token_id"],
+                        vision_end_token_id=d["vision_end_token_id"], vocab_size=text.vocab_size,
+                        compute_dtype=text.compute_dtype).validate()
 
-    state = {n: p.asnumpy() for n, p in model.parameters_and_names()}
-    return export_state(model.config, state, directory, tokenizer, processor=processor, overwrite=overwrite,
-                        log=lambda *_: None)
+
+# ---------------------------------------------------------------------------------------------
+# Serving-directory assets (the ServingLayout hooks)
+# ---------------------------------------------------------------------------------------------
+
+def run_assets(data_cfg, run_dir: str) -> dict:
+    """The run's tokenizer (mindvl.dataset always uses ByteTokenizer) and image processor: the run
+    directory's preprocessor_config.json (the resolution search writes one) or the data budget."""
+    from mindvl.processor import ByteTokenizer, ImageProcessor
+
+    saved = os.path.join(run_dir, "preprocessor_config.json")
+    processor = ImageProcessor.load(saved) if os.path.isfile(saved) else data_cfg.processor()
+    return {"tokenizer": ByteTokenizer(), "processor": processor}
+
+
+def write_assets(cfg: MindVLConfig, out: str, tokenizer, processor) -> dict:
+    """tokenizer.json & co., generation_config.json, preprocessor_config.json; returns config.json's id keys."""
+    text, vision = cfg.text_config(), cfg.vision_for_decoder()
+    ids = {}
+    if tokenizer is not None:
+        save_tokenizer(tokenizer, out, getattr(text, "max_position_embeddings", 4096))
+        gen = generation_ids(tokenizer)
+        with open(os.path.join(out, "generation_config.json"), "w") as f:
+            json.dump({**gen, "do_sample": False}, f, indent=2)
+        ids = {**gen, "eos_token_id": gen["eos_token_id"][0]}  # config.json: <|im_end|>, as Qwen2.5-VL
+    if processor is not None:
+        check_processor(processor, vision)
+        save_preprocessor(processor, out)
+    return ids
+
+
+def read_assets(hf_dir: str, out: str, cfg: MindVLConfig) -> dict:
+    """Check that the tokenizer files describe the ByteTokenizer; keep preprocessor_config.json
+    (copied verbatim: a re-export writes the same file) and its pixel budget as the data budget."""
+    from mindvl.processor import ImageProcessor
+
+    if any(os.path.isfile(os.path.join(hf_dir, n)) for n in TOKENIZER_FILES):
+        load_tokenizer(hf_dir)
+    saved = os.path.join(hf_dir, "preprocessor_config.json")
+    if not os.path.isfile(saved):
+        return {}
+    processor = ImageProcessor.load(saved)
+    check_processor(processor, cfg.vision_for_decoder())
+    shutil.copyfile(saved, os.path.join(out, "preprocessor_config.json"))
+    return {"min_pixels": processor.min_pixels, "max_pixels": processor.max_pixels}
+
+
+def serving_assets(hf_dir: str) -> dict:
+    """The tokenizer (tokenizer.json) and image processor (preprocessor_config.json) of a serving
+    directory; None for a file the directory does not have."""
+    from mindvl.processor import ImageProcessor
+
+    saved = os.path.join(hf_dir, "preprocessor_config.json")
+    return {"tokenizer": load_tokenizer(hf_dir) if os.path.isfile(os.path.join(hf_dir, "tokenizer.json")) else None,
+            "processor": ImageProcessor.load(saved) if os.path.isfile(saved) else None}
+
+
+def example_inputs(cfg: MindVLConfig, seq_len: int, patches: int) -> list:
+    """One all-padding row of the multimodal batch (construct's 12 inputs, static shapes)."""
+    from mindvl.data import collate
+    from mindvl.model import MM_KEYS
+    from mindvl.processor import ByteTokenizer
+
+    vision = cfg.vision_for_decoder()
+    merge = vision.spatial_merge_size
+    if patches % (merge * merge):
+        raise ValueError(f"--mindir-patches: {patches} is not a multiple of {merge * merge} (merge {merge}x{merge})")
+    batch = collate([], [[]], seq_len, patches, ByteTokenizer(), merge, vision.window_merged, vision.patch_dim)
+    return [batch[k] for k in ("input_ids", "position_ids", "segment_ids") + MM_KEYS]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,3 +295,9 @@ def save_preprocessor(processor, directory: str) -> str:
     with open(path, "w") as f:
         json.dump(d, f, indent=2, sort_keys=True)
     return path
+
+
+SERVING = ServingLayout(model_type="qwen2_5_vl", architecture="Qwen2_5_VLForConditionalGeneration", to_hf=to_hf,
+                        from_hf=from_hf, config_to_hf=hf_config, config_from_hf=config_from_hf,
+                        run_assets=run_assets, write_assets=write_assets, read_assets=read_assets,
+                        serving_assets=serving_assets, example_inputs=example_inputs)

@@ -53,8 +53,8 @@ class VisionAttention(nn.Cell):
     def __init__(self, cfg: VisionConfig, compute_dtype=ms.float32, attention_impl="auto"):
         super().__init__()
         c = cfg.hidden_size
-        self.qkv = Linear(c, 3 * c, True, compute_dtype)
-        self.proj = Linear(c, c, True, compute_dtype)
+        self.qkv = Linear(c, 3 * c, True, compute_dtype, axes=("vit_heads", "vit_embed"))
+        self.proj = Linear(c, c, True, compute_dtype, axes=("vit_embed", "vit_heads"))
         self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
         self.attn_impl = attn_resolve(attention_impl)
         self.rope_impl = rope_resolve("auto")
@@ -74,9 +74,9 @@ class VisionMLP(nn.Cell):
     def __init__(self, cfg: VisionConfig, compute_dtype=ms.float32):
         super().__init__()
         c, i = cfg.hidden_size, cfg.intermediate_size
-        self.gate_proj = Linear(c, i, True, compute_dtype)
-        self.up_proj = Linear(c, i, True, compute_dtype)
-        self.down_proj = Linear(i, c, True, compute_dtype)
+        self.gate_proj = Linear(c, i, True, compute_dtype, axes=("vit_mlp", "vit_embed"))
+        self.up_proj = Linear(c, i, True, compute_dtype, axes=("vit_mlp", "vit_embed"))
+        self.down_proj = Linear(i, c, True, compute_dtype, axes=("vit_embed", "vit_mlp"))
         self.impl = swiglu_resolve("auto")
 
     def construct(self, x):
@@ -104,7 +104,7 @@ class PatchEmbed(nn.Cell):
 
     def __init__(self, cfg: VisionConfig, compute_dtype=ms.float32):
         super().__init__()
-        self.proj = Linear(cfg.patch_dim, cfg.hidden_size, False, compute_dtype)
+        self.proj = Linear(cfg.patch_dim, cfg.hidden_size, False, compute_dtype, axes=("vit_embed", "patch"))
 
     def construct(self, pixel_values_BPD):
         return self.proj(pixel_values_BPD).astype(ms.float32)
@@ -117,8 +117,10 @@ class PatchMerger(nn.Cell):
         super().__init__()
         c4 = cfg.hidden_size * cfg.spatial_merge_size ** 2
         self.ln_q = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = nn.SequentialCell([Linear(c4, c4, True, compute_dtype), nn.GELU(approximate=False),
-                                      Linear(c4, cfg.out_hidden_size, True, compute_dtype)])
+        self.mlp = nn.SequentialCell([Linear(c4, c4, True, compute_dtype, axes=("vit_merge", "vit_merge_in")),
+                                      nn.GELU(approximate=False),
+                                      Linear(c4, cfg.out_hidden_size, True, compute_dtype,
+                                             axes=("embed", "vit_merge"))])
         self.c4 = c4
 
     def construct(self, x_BPC):

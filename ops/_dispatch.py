@@ -15,6 +15,7 @@ import mindspore as ms
 IMPLS = ("auto", "reference", "fast", "ascend")
 
 _SCOPE = ["auto"]      # stack of process-wide defaults for impl="auto"
+_FORCED = [None]       # stack of impls that override every request (forced_impl)
 
 
 def on_ascend() -> bool:
@@ -44,9 +45,23 @@ def impl_scope(impl: str):
         _SCOPE.pop()
 
 
+@contextlib.contextmanager
+def forced_impl(impl: str):
+    """Within the block every op resolves to `impl`, whatever it or its scope asks for. Used to
+    describe a model (its parameter names and shapes) without building any kernel."""
+    check_impl(impl, "forced_impl")
+    _FORCED.append(impl)
+    try:
+        yield
+    finally:
+        _FORCED.pop()
+
+
 def effective(impl: str, op: str) -> str:
-    """Validate `impl` and apply the scope default to "auto"."""
+    """Validate `impl`, then apply `forced_impl`, then the scope default to "auto"."""
     check_impl(impl, op)
+    if _FORCED[-1] is not None:
+        return _FORCED[-1]
     return _SCOPE[-1] if impl == "auto" else impl
 
 
@@ -91,10 +106,6 @@ class FastPath:
         GRAPH mode reads this when a graph COMPILES (first call): set it before that."""
         self.enabled = bool(on)
         self.ready = bool(on) and self._tried and all(hasattr(self, n) for n in self.names)
-
-    def reset(self) -> None:
-        """Forget the load (tests: simulate a machine where the kernel was never built)."""
-        self._tried = self.ready = False
 
     def resolve(self, impl: str = "auto") -> str:
         """The op's `resolve_impl`: "reference" | "fast" | "ascend" (see `resolve_fast`)."""

@@ -112,7 +112,7 @@ def _cases(sz, rng):
     ] + ([("sort_permute+unpermute", sort_perm, (f32(t, h), f32(t, k))),
           ("grouped_matmul", gmm, (f32(t * k, h), f32(e, h // 2, h)))] if t * k <= 4096 else [])
     # (the sort_permute reference is an O(A^2) one-hot matmul and the grouped_matmul reference does
-    # E times the FLOPs, both meant for tests: tiny size only; `python -m recipes.bench_moe` times
+    # E times the FLOPs, both meant for tests: tiny size only; `python -m recipes.tools.bench_moe` times
     # the grouped expert path at the bench shape)
 
 

@@ -13,9 +13,9 @@ Two paths, same results:
 - recompute (any model with `construct(input_ids, position_ids, segment_ids) -> logits [B,T,V]`):
   the whole buffer is run again for every new token. Correct and simple; O(T) times the work.
 - KV cache (models that also define `prefill` and `decode_step`, see `KVCacheModel`): the prompt
-  is run once and each new token costs one column. `kv_cache_write` and `decode_attention` below
-  are the static-shape pieces an attention layer needs for it; the tests drive them with a toy
-  model and check the two paths agree.
+  is run once and each new token costs one column. `pangu.common.kv_cache` holds the static-shape
+  pieces an attention layer needs for it; the tests drive them with a toy model and check the two
+  paths agree.
 
 Sampling runs on the host in float64 numpy. Each prompt has its own random stream
 `default_rng([seed, index])`, so a prompt's sample does not depend on the batch it is in.
@@ -38,8 +38,8 @@ class KVCacheModel(Protocol):
         K [B, Nkv, T, D] and V [B, Nkv, T, Dv] of every column (after RoPE), plus the segment ids.
     decode_step(input_ids_B1, position_ids_B1, index_B, cache) -> (logits_B1V, cache)
         Token b goes to column index_B[b] of row b (its position id is index_B[b]): compute its
-        q/k/v, `kv_cache_write` k and v at that column, mark the column valid (segment 1), and
-        attend with `decode_attention` over the valid columns. Shapes never change, so a graph
+        q/k/v, `kv_cache_write` k and v at that column, `mark_valid` the column, and attend with
+        `decode_attention` over the valid columns (pangu.common.kv_cache). Shapes never change, so a graph
         compiles once.
     """
 
@@ -49,31 +49,7 @@ class KVCacheModel(Protocol):
 
 
 # --------------------------------------------------------------------------------------------------
-# KV-cache building blocks (MindSpore ops, CPU and graph mode friendly: no dynamic shapes, no
-# function-local imports, so a model's decode_step that calls them can be compiled with ms.jit)
-
-
-def kv_cache_write(cache_BNTD, new_BN1D, index_B):
-    """`cache` with column index_B[b] of row b replaced by new_BN1D[b] (a one-hot blend)."""
-    t = cache_BNTD.shape[2]
-    onehot_BT = ops.equal(ops.arange(t, dtype=ms.int32)[None, :], index_B.astype(ms.int32)[:, None])
-    onehot = onehot_BT[:, None, :, None].astype(cache_BNTD.dtype)
-    return cache_BNTD * (1 - onehot) + new_BN1D * onehot
-
-
-def decode_attention(q_BN1D, k_BNTD, v_BNTD, valid_BT, scale=None):
-    """One query per row over the cached columns where valid_BT != 0 (GQA: N % Nkv == 0) -> [B,N,1,Dv]."""
-    b, n, _, d = q_BN1D.shape
-    nkv = k_BNTD.shape[1]
-    if n != nkv:
-        k_BNTD = ops.repeat_interleave(k_BNTD, n // nkv, 1)
-        v_BNTD = ops.repeat_interleave(v_BNTD, n // nkv, 1)
-    scale = d ** -0.5 if scale is None else scale
-    scores = ops.matmul(q_BN1D.astype(ms.float32), k_BNTD.astype(ms.float32).swapaxes(-1, -2)) * scale
-    mask = (valid_BT != 0)[:, None, None, :]
-    scores = ops.where(mask, scores, ops.full_like(scores, -1e30))
-    probs = ops.softmax(scores, -1)
-    return ops.matmul(probs, v_BNTD.astype(ms.float32)).astype(q_BN1D.dtype)
+# Compiled model
 
 
 class Compiled:

@@ -55,8 +55,8 @@ def main(argv=None) -> int:
                 if args.cmd == "layouts":
                     from .apply import parameter_layouts
                     for pl in parameter_layouts(st, cfg):
-                        print(f"{pl.name:70s} {str(pl.shape):22s} {str(pl.tensor_map()):40s} stage {pl.stage}"
-                              + (f" expert_rank {pl.expert_rank}" if pl.expert_rank is not None else ""))
+                        print(f"{pl.name:70s} {str(pl.shape):22s} {str(pl.logical):36s} "
+                              f"{str(pl.tensor_map()):30s} stage {pl.stage}")
                     continue
                 r = check_memory(st, cfg)
                 if args.cmd == "validate":

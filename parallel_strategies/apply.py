@@ -1,67 +1,29 @@
-"""Strategy -> MindSpore auto-parallel settings and per-parameter layouts.
+"""Strategy -> per-parameter layouts and MindSpore auto-parallel settings.
 
-Parameters get logical axis names from name-based rules (`LOGICAL_RULES`, MaxText-style); a
-strategy maps logical axes to mesh axes (`axis_rules`). The mesh inside one pipeline stage is
-`(dp, ep, cp, tp)` with tp innermost (contiguous ranks, i.e. inside a node) and ep carved out of
-data parallel (MindFormers' convention). The model code never sees any of this.
+Every parameter carries its logical axes, declared where the model creates it
+(pangu.common.layers.param; read with the spec's `parameters`, parallel_strategies.shape). A
+strategy maps logical axes to mesh axes with ONE rules table (`axis_rules`, MaxText's logical axis
+rules). The mesh inside one pipeline stage is `(dp, ep, cp, tp)` with tp innermost (contiguous ranks,
+i.e. inside a node) and ep carved out of data parallel (MindFormers' convention). The model code never
+sees any of this.
 """
 from __future__ import annotations
 
 import math
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Iterable, Optional
 
-from .shape import ModelShape, model_shape, parameter_shapes
+from .shape import ModelShape, model_shape, parameters
 from .strategy import Strategy, layer_slots
 
 MESH_AXES = ("dp", "ep", "cp", "tp")
-
-# (regex over the parameter name, logical axes per dim). First match wins; no match is an error.
-LOGICAL_RULES: list[tuple[str, tuple]] = [
-    (r"(^|\.)embed_tokens\.weight$", ("vocab", "embed")),
-    (r"^lm_head\.weight$", ("vocab", "embed")),
-    (r"\.experts\.\d+\.(gate|up)_proj\.weight$", ("expert_mlp", "embed")),
-    (r"\.experts\.\d+\.down_proj\.weight$", ("embed", "expert_mlp")),
-    (r"\.experts\.(gate|up)_proj(\.weight)?$", ("expert", "expert_mlp", "embed")),   # stacked [E, F, H]
-    (r"\.experts\.down_proj(\.weight)?$", ("expert", "embed", "expert_mlp")),
-    (r"\.mlp\.gate\.weight$", ("router", "embed")),
-    (r"\.mlp\.(gate\.)?router_scale$", ("none", "router")),
-    (r"\.mlp\.gate\.e_score_correction_bias$", ("router",)),
-    (r"(mlp|shared_experts?)\.(gate|up)_proj\.weight$", ("mlp", "embed")),
-    (r"(mlp|shared_experts?)\.(gate|up)_proj\.bias$", ("mlp",)),
-    (r"(mlp|shared_experts?)\.down_proj\.weight$", ("embed", "mlp")),
-    (r"(mlp|shared_experts?)\.down_proj\.bias$", ("embed",)),
-    (r"self_attn\.q_proj\.weight$", ("heads", "embed")),
-    (r"self_attn\.q_proj\.bias$", ("heads",)),
-    (r"self_attn\.[kv]_proj\.weight$", ("kv_heads", "embed")),
-    (r"self_attn\.[kv]_proj\.bias$", ("kv_heads",)),
-    (r"self_attn\.o_proj\.weight$", ("embed", "heads")),
-    (r"self_attn\.o_proj\.bias$", ("embed",)),
-    (r"self_attn\.q_a_proj\.weight$", ("q_lora", "embed")),
-    (r"self_attn\.q_b_proj\.weight$", ("heads", "q_lora")),
-    (r"self_attn\.kv_a_proj_with_mqa\.weight$", ("kv_lora", "embed")),
-    (r"self_attn\.kv_b_proj\.weight$", ("heads", "kv_lora")),
-    (r"\.eh_proj\.weight$", ("embed", "embed2")),
-    (r"(layernorm|norm|norm1|norm2|enorm|hnorm|ln_q)\.weight$", ("norm",)),
-    (r"^visual\.patch_embed\.proj\.weight$", ("vit_embed", "channels", "time", "height", "width")),
-    (r"^visual\.blocks\.\d+\.attn\.qkv\.weight$", ("vit_heads", "vit_embed")),
-    (r"^visual\.blocks\.\d+\.attn\.qkv\.bias$", ("vit_heads",)),
-    (r"^visual\.blocks\.\d+\.attn\.proj\.weight$", ("vit_embed", "vit_heads")),
-    (r"^visual\.blocks\.\d+\.attn\.proj\.bias$", ("vit_embed",)),
-    (r"^visual\.merger\.mlp\.0\.weight$", ("vit_mlp", "vit_merge")),
-    (r"^visual\.merger\.mlp\.0\.bias$", ("vit_mlp",)),
-    (r"^visual\.merger\.mlp\.2\.weight$", ("embed", "vit_mlp")),
-    (r"^visual\.merger\.mlp\.2\.bias$", ("embed",)),
-]
-_COMPILED = [(re.compile(p), axes) for p, axes in LOGICAL_RULES]
-_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")
-_EXPERT_RE = re.compile(r"\.experts\.(\d+)\.")
+# decoder layer i of any model: `model.layers.{i}.` (MindVL nests its decoder as `language_model.model...`)
+LAYER_RE = re.compile(r"(?:^|\.)model\.layers\.(\d+)\.")
 
 
 def axis_rules(st: Strategy) -> dict[str, Optional[str]]:
-    """Logical axis -> mesh axis (None = replicated) for this strategy."""
+    """Logical axis -> mesh axis (None = replicated) for this strategy: the one rules table."""
     pc = st.parallel_config
     tp = "tp" if pc.model_parallel > 1 else None
     ep = "ep" if pc.expert_parallel > 1 else None
@@ -71,7 +33,7 @@ def axis_rules(st: Strategy) -> dict[str, Optional[str]]:
         "heads": tp, "kv_heads": tp, "mlp": tp, "expert_mlp": None if pc.moe_tp_extend_ep else tp,
         "expert": expert,
         "vit_heads": tp, "vit_mlp": tp,
-    }  # every other logical axis (embed, norm, router, q_lora, kv_lora, ...) is replicated
+    }  # every other logical axis (embed, norm, router, q_lora, kv_lora, mtp_concat, ...) is replicated
 
 
 def _mesh_size(m, sizes: dict) -> int:
@@ -94,7 +56,6 @@ class ParamLayout:
     mesh: tuple                   # mesh axis per dim (None = replicated)
     shards: tuple                 # shard count per dim
     stage: int                    # pipeline stage holding it
-    expert_rank: Optional[int]    # per-expert params: the EP rank that owns the expert
     replicas: int                 # devices of one stage holding this same shard (grad-sync / ZeRO group)
 
     @property
@@ -122,55 +83,34 @@ def layer_stage(layer: int, shape: ModelShape, st: Strategy) -> int:
 
 def param_stage(name: str, shape: ModelShape, st: Strategy) -> int:
     last = st.parallel_config.pipeline_stage - 1
-    m = _LAYER_RE.match(name)
+    m = LAYER_RE.search(name)
     if m:
         i = int(m.group(1))
         return last if i >= shape.num_layers else layer_stage(i, shape, st)  # MTP layers ride with the head
-    if name.startswith(("model.embed_tokens", "visual.")):
+    if ".model.embed_tokens." in f".{name}" or name.startswith("visual."):   # embeddings, vision tower
         return 0
     return last  # model.norm, lm_head
 
 
-def logical_axes(name: str, ndim: int) -> tuple:
-    return _logical_axes(re.sub(r"\.\d+\.", ".0.", name), ndim)
-
-
-@lru_cache(maxsize=4096)
-def _logical_axes(name: str, ndim: int) -> tuple:
-    for rx, axes in _COMPILED:
-        if rx.search(name):
-            if len(axes) != ndim:
-                raise ValueError(f"{name}: rule {rx.pattern} gives {len(axes)} axes for a {ndim}-D parameter; "
-                                 "fix LOGICAL_RULES")
-            return axes
-    raise ValueError(f"{name}: no logical-axis rule matches; add one to parallel_strategies.apply.LOGICAL_RULES")
-
-
-def parameter_layouts(st: Strategy, cfg: Any, shapes: Optional[Iterable[tuple[str, tuple]]] = None
-                      ) -> list[ParamLayout]:
-    """A layout for every parameter; raises if a sharded dimension does not divide."""
+def parameter_layouts(st: Strategy, cfg: Any, params: Optional[Iterable] = None) -> list[ParamLayout]:
+    """A layout for every parameter (`params`: the spec's ParamInfo list, default all of the model's);
+    raises if a sharded dimension does not divide."""
     s = model_shape(cfg)
     rules, sizes = axis_rules(st), mesh_sizes(st)
     stage_devices = math.prod(sizes.values())
     out = []
-    for name, shp in (parameter_shapes(s) if shapes is None else shapes):
-        shp = tuple(int(d) for d in shp)
-        logical = logical_axes(name, len(shp))
+    for p in (parameters(cfg) if params is None else params):
+        name, shp, logical = p.name, tuple(int(d) for d in p.shape), tuple(p.axes)
         mesh = tuple(rules.get(a) for a in logical)
         shards = tuple(_mesh_size(m, sizes) for m in mesh)
         for d, (n, k) in enumerate(zip(shp, shards)):
             if n % k:
                 raise ValueError(f"{name}: dim {d} of {shp} ({logical[d]} -> {mesh[d]}) not divisible by {k}; "
                                  "change the strategy sizes")
-        expert_rank = None
-        m = _EXPERT_RE.search(name)
-        owners = _mesh_size(rules["expert"], sizes)
-        if m and owners > 1:
-            expert_rank = int(m.group(1)) // (s.num_experts // owners)
-        # devices of one stage holding this exact shard: a per-expert param lives on 1/owners of them
-        held_by = stage_devices // (owners if expert_rank is not None else 1)
-        out.append(ParamLayout(name, shp, logical, mesh, shards, param_stage(name, s, st), expert_rank,
-                               held_by // math.prod(shards)))
+        # devices of one stage holding this exact shard (routed experts are stacked [E, ...]: their
+        # expert dimension is sharded like any other, so an EP rank holds E / ep of them)
+        out.append(ParamLayout(name, shp, logical, mesh, shards, param_stage(name, s, st),
+                               stage_devices // math.prod(shards)))
     return out
 
 
@@ -232,14 +172,20 @@ def assign_pipeline_stages(net, st: Strategy, shape: ModelShape) -> int:
     return n
 
 
+@dataclass(frozen=True)
+class _Param:
+    name: str
+    shape: tuple
+    axes: tuple
+
+
 def apply_to_network(net, st: Strategy, cfg: Any):
     """Ascend path: wrap `net` in `AutoParallel` with this strategy's pipeline / optimizer settings,
     stage assignment and per-parameter layouts. Needs an initialised communication group."""
     from mindspore.parallel.auto_parallel import AutoParallel
     shape = model_shape(cfg)
     pc = st.parallel_config
-    names = [(p.name, tuple(p.shape)) for p in net.trainable_params()]
-    layouts = parameter_layouts(st, shape, names)
+    layouts = parameter_layouts(st, cfg, [_Param(p.name, tuple(p.shape), p.logical_axes) for p in net.trainable_params()])
     assign_pipeline_stages(net, st, shape)
     plan = mindspore_layouts(st, layouts)
     sizes = mesh_sizes(st)

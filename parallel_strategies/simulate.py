@@ -11,12 +11,13 @@ TP group, H hidden, F FFN width, E experts, K top-k, N heads.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .apply import parameter_layouts
-from .shape import ModelShape, _layer_params, model_shape
+from .apply import LAYER_RE, parameter_layouts
+from .shape import ModelShape, model_shape, parameters
 from .strategy import Hardware, Strategy, load_hardware, validate_structure
 
 BF16 = 2
@@ -319,7 +320,7 @@ def _mtp_extra(c: _Ctx) -> _Cost:
 
 # --------------------------------------------------------------------------- parameters per stage
 
-def _stage_param_bytes(st: Strategy, s: ModelShape) -> list[dict]:
+def _stage_param_bytes(st: Strategy, s: ModelShape, cfg: Any) -> list[dict]:
     """Per stage: local parameter elements, and the same divided by the ZeRO replica group."""
     pc = st.parallel_config
     pp = pc.pipeline_stage
@@ -332,38 +333,56 @@ def _stage_param_bytes(st: Strategy, s: ModelShape) -> list[dict]:
         for (group, is_expert), numel in summary["sync"].items():
             d["grad_sync"].append((times * numel, group, is_expert))
 
+    fingerprint, by_layer, others = _model_parameters(cfg, s)
     # representative layers: lay out the first dense / moe layer once, then count each stage's layers
     from .apply import layer_stage
     rep, counts = {}, {}
     for i in range(s.num_layers):
         kind = "moe" if s.is_moe_layer(i) else "dense"
-        if kind not in rep:
-            rep[kind] = tuple(_layer_params(s, i, "model.layers."))
+        rep.setdefault(kind, by_layer[i])
         counts[(kind, layer_stage(i, s, st))] = counts.get((kind, layer_stage(i, s, st)), 0) + 1
     key = (pc.data_parallel, pc.model_parallel, pc.expert_parallel, pc.context_parallel, pc.vocab_emb_dp,
            pc.moe_tp_extend_ep)
     for (kind, stage), n in counts.items():
-        add(_cached_summary(s, key, kind, rep[kind], st), n, stage)
+        add(_cached_summary(fingerprint, key, kind, rep[kind], st, cfg), n, stage)
     # everything that is not a decoder layer (embeddings, head, ViT, MTP layers) is placed by name
-    others = tuple(_all_but_layers(s))
     for stage in range(pp):
-        add(_cached_summary(s, key + (pp, stage), "others", others, st, stage), 1, stage)
+        add(_cached_summary(fingerprint, key + (pp, stage), "others", others, st, cfg, stage), 1, stage)
     return out
 
 
 _LAYOUT_CACHE: dict = {}
+_PARAM_CACHE: dict = {}
 
 
-def _cached_summary(s, key, kind, names, st, stage=None):
-    """Local parameter elements of one device (EP rank 0; all ranks hold the same amount), per
-    ZeRO / grad-sync group. Depends only on the in-stage mesh (+ pp for non-layer params)."""
-    k = (s, key, kind)
+def _model_parameters(cfg: Any, s: ModelShape) -> tuple[str, dict, tuple]:
+    """(fingerprint, {decoder layer: its parameters}, the other parameters) of the real model, read from
+    its spec once per config (a full-size model lists its parameters in about a second)."""
+    fingerprint = json.dumps(cfg, sort_keys=True) if isinstance(cfg, dict) else repr(cfg)
+    if fingerprint not in _PARAM_CACHE:
+        by_layer, others = {}, []
+        for p in parameters(cfg):
+            m = LAYER_RE.search(p.name)
+            if m and int(m.group(1)) < s.num_layers:
+                by_layer.setdefault(int(m.group(1)), []).append(p)
+            else:
+                others.append(p)   # embeddings, head, final norm, ViT, MTP layers
+        if len(_PARAM_CACHE) > 16:
+            _PARAM_CACHE.clear()
+        _PARAM_CACHE[fingerprint] = (fingerprint, {i: tuple(ps) for i, ps in by_layer.items()}, tuple(others))
+    return _PARAM_CACHE[fingerprint]
+
+
+def _cached_summary(fingerprint, key, kind, params, st, cfg, stage=None):
+    """Local parameter elements of one device (all EP ranks hold the same amount), per ZeRO /
+    grad-sync group. Depends only on the in-stage mesh (+ pp for non-layer params)."""
+    k = (fingerprint, key, kind)
     if k not in _LAYOUT_CACHE:
         if len(_LAYOUT_CACHE) > 1024:
             _LAYOUT_CACHE.clear()
         summ = dict(n=0.0, n_sharded=0.0, sync={})
-        for pl in parameter_layouts(st, s, names):
-            if (pl.expert_rank is not None and pl.expert_rank != 0) or (stage is not None and pl.stage != stage):
+        for pl in parameter_layouts(st, cfg, params):
+            if stage is not None and pl.stage != stage:
                 continue
             summ["n"] += pl.local_numel
             summ["n_sharded"] += pl.local_numel / pl.replicas
@@ -371,24 +390,6 @@ def _cached_summary(s, key, kind, names, st, stage=None):
             summ["sync"][g] = summ["sync"].get(g, 0) + pl.local_numel
         _LAYOUT_CACHE[k] = summ
     return _LAYOUT_CACHE[k]
-
-
-def _all_but_layers(s: ModelShape):
-    from .shape import parameter_shapes
-    for n, shp in parameter_shapes(_no_layers(s)):
-        yield n, shp
-    for j in range(s.num_mtp_layers):
-        i = s.num_layers + j
-        yield from _layer_params(s, i, "model.layers.")
-        p = f"model.layers.{i}."
-        H = s.hidden_size
-        yield from [(p + "enorm.weight", (H,)), (p + "hnorm.weight", (H,)), (p + "eh_proj.weight", (H, 2 * H)),
-                    (p + "shared_head.norm.weight", (H,))]
-
-
-def _no_layers(s: ModelShape) -> ModelShape:
-    import dataclasses
-    return dataclasses.replace(s, num_layers=0, num_mtp_layers=0, num_dense_layers=0)
 
 
 # --------------------------------------------------------------------------- simulate
@@ -429,7 +430,7 @@ def simulate(st: Strategy, cfg: Any, hw: Optional[Hardware] = None, check: bool 
     emb.act = emb.act_selective = emb.act_full = c.T * BF16 * s.hidden_size / c.sp
     stage_units[0].append(emb)
 
-    params = _stage_param_bytes(st, s)
+    params = _stage_param_bytes(st, s, cfg)
     level = pc.optimizer_level
     per_stage, mems = [], []
     for k, units in enumerate(stage_units):

@@ -12,7 +12,7 @@ accumulator (each update is done in float64 for that tensor), so memory is one a
 
 Before any arithmetic, every checkpoint's header is compared with the first one: a different tensor name
 set or shape stops with one line naming the first offending tensor and file. The result is a run-like
-directory (`recipes.weights`): OUT/config.yaml + OUT/checkpoints/step_*/ whose trainer_state.json records
+directory (`recipes.io.rundir`): OUT/config.yaml + OUT/checkpoints/step_*/ whose trainer_state.json records
 the method, the coefficients and the sources; use it as `init_from`, with recipes.evaluate or recipes.export.
 
 Spec YAML (`--spec`), any of: method, checkpoints: [..], run, last, decay, base,
@@ -31,7 +31,8 @@ import numpy as np
 
 os.environ.setdefault("GLOG_v", "3")
 
-from recipes import safetensors_io, weights  # noqa: E402
+from recipes.io import safetensors_io
+from recipes.io import rundir  # noqa: E402
 from recipes.cli import run_command
 
 METHODS = ("uniform", "ema", "grouped")
@@ -151,9 +152,9 @@ def average(out: str, method: str = "uniform", checkpoints: list[str] | None = N
         if checkpoints or run:
             raise ValueError("checkpoints: the grouped merge takes --base and --group only; drop the positional "
                              "checkpoints / --run")
-        base_loc = weights.locate(base, log)
+        base_loc = rundir.locate(base, log)
         c_base, c_groups = grouped_coefficients(groups or [])
-        group_locs = [[weights.locate(p, log) for p in members] for _, members in groups]
+        group_locs = [[rundir.locate(p, log) for p in members] for _, members in groups]
         sources = [base_loc] + [loc for g in group_locs for loc in g]
         coeffs = [c_base] + [c for g in c_groups for c in g]
         config_from = next((loc.run_dir for loc in reversed(sources) if loc.run_dir), None)
@@ -169,9 +170,9 @@ def average(out: str, method: str = "uniform", checkpoints: list[str] | None = N
                 raise ValueError("checkpoints: give either checkpoint paths or --run RUN --last K, not both")
             if last is None:
                 raise ValueError("--last: --run needs --last K (how many of its newest checkpoints)")
-            sources = weights.last_checkpoints(run, last, log)
+            sources = rundir.last_checkpoints(run, last, log)
         else:
-            sources = sorted((weights.locate(p, log) for p in checkpoints or []), key=lambda loc: loc.step)
+            sources = sorted((rundir.locate(p, log) for p in checkpoints or []), key=lambda loc: loc.step)
         n = len(sources)
         coeffs = uniform_coefficients(n) if method == "uniform" else ema_coefficients(n, decay)
         config_from = next((loc.run_dir for loc in reversed(sources) if loc.run_dir), None)
@@ -181,18 +182,18 @@ def average(out: str, method: str = "uniform", checkpoints: list[str] | None = N
     # The same checkpoint may appear twice (e.g. the base inside a group): merge its coefficients.
     merged: dict[str, float] = {}
     for loc, c in zip(sources, coeffs):
-        key = os.path.realpath(weights.model_file(loc))
+        key = os.path.realpath(rundir.model_file(loc))
         merged[key] = merged.get(key, 0.0) + c
-    weights.prepare_out(out, overwrite, create=False)  # fail before the work, write after it
+    rundir.prepare_out(out, overwrite, create=False)  # fail before the work, write after it
     tensors = combine(list(merged), list(merged.values()))
-    weights.prepare_out(out, overwrite)
+    rundir.prepare_out(out, overwrite)
     state = {"averaged": {"method": method, **record,
                           "sources": [{"checkpoint": loc.checkpoint, "step": loc.step, "coefficient": c}
                                       for loc, c in zip(sources, coeffs)]}}
     if config_from is None:
         log("warning: no source checkpoint sits in a run directory with config.yaml; the result works as "
             "init_from but recipes.evaluate/export need a config.yaml next to checkpoints/")
-    path = weights.write_run_checkpoint(out, step, tensors, state, config_from)
+    path = rundir.write_run_checkpoint(out, step, tensors, state, config_from)
     log(f"averaged {len(sources)} checkpoints ({method}) -> {path}")
     return path
 

@@ -1,10 +1,17 @@
 """Exact-match evaluation of a run on held-out prompts: `python -m recipes.evaluate RUN_DIR_OR_CKPT
 [--split val] [--limit N] [--batch-size 32] [--max-new-tokens N]`.
 
-Each held-out conversation's prompt (everything up to the last `<|assistant|>`) is decoded greedily
-until `<eod>` / `<|user|>`; the answer is correct when the decoded text equals the reference answer
-(both stripped of surrounding whitespace). Accuracy is reported per task and overall and written to
-`<run>/eval.json`. User errors print one line and exit with status 2 (`--debug` for the traceback).
+Text models: each held-out conversation's prompt (everything up to the last `<|assistant|>`) is decoded
+greedily until `<eod>` / `<|user|>`; the answer is correct when the decoded text equals the reference
+answer (both stripped of surrounding whitespace). An architecture with its own `evaluate` hook
+(MindVL: exact match of the answer under teacher forcing) is scored by that hook on the validation
+split. Accuracy is reported per task and overall and written to `<run>/eval.json`.
+
+MindVL test-time resolution search: `python -m recipes.evaluate RUN --resolution-search [--budgets
+784,3136,12544]` scores the validation split with every image resized to about each pixel budget and
+writes the best processor (preprocessor_config.json with the search record) into the run directory, so
+an export carries it. `--data-from RECIPE` scores on another recipe's data (e.g. the SFT chat prompts).
+User errors print one line and exit with status 2 (`--debug` for the traceback).
 """
 
 from __future__ import annotations
@@ -14,63 +21,11 @@ import json
 import os
 import sys
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Sequence
+
 from recipes.cli import run_command
 
 os.environ.setdefault("GLOG_v", "3")
-
-
-@dataclass
-class LoadedRun:
-    run_dir: str
-    checkpoint: str  # checkpoint directory the weights came from
-    step: int
-    recipe: object  # RecipeConfig
-    model_cfg: object
-    model: object
-    tokenizer: object  # recipes.data.Tokenizer
-
-
-def load_run(path: str, log=print) -> LoadedRun:
-    """Model + tokenizer of a run directory (newest valid checkpoint) or of one checkpoint directory."""
-    import yaml
-
-    from pangu import registry
-    from recipes import checkpoint as ckpt_lib
-    from recipes.config import ConfigError, resolve
-    from recipes.data import build_dataset
-
-    path = os.path.normpath(path)
-    if os.path.isfile(os.path.join(path, ckpt_lib.MANIFEST_FILE)):
-        ckpt_lib.verify(path)
-        ckpt_path, run_dir = path, os.path.dirname(os.path.dirname(path))
-    else:
-        run_dir = path
-        found = ckpt_lib.latest_valid(os.path.join(run_dir, "checkpoints"), warn=log)
-        if found is None:
-            raise ConfigError(f"{path}: no valid checkpoint under {path}/checkpoints; give a run directory that "
-                              "finished a checkpoint, or a step_* directory")
-        ckpt_path = found.path
-    config_path = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(config_path):
-        raise ConfigError(f"{config_path}: not found; evaluate a run directory made by recipes.run (or its checkpoints)")
-    with open(config_path) as f:
-        raw = yaml.safe_load(f) or {}
-    raw["init_from"] = None  # the previous stage may be gone; its weights are in this checkpoint anyway
-    recipe, model_cfg = resolve(raw, default_run_name=os.path.basename(run_dir))
-    tokenizer = build_dataset(recipe.data, "train").tokenizer
-    model = registry.build_model(model_cfg)
-    params = {p.name: p for p in model.get_parameters()}
-    tensors = ckpt_lib.load_tensors(ckpt_path, ckpt_lib.MODEL_FILE)
-    ckpt_lib.check_compatible({n: p.shape for n, p in params.items()}, tensors, ckpt_path)
-    from mindspore import Tensor
-
-    for name, param in params.items():
-        param.set_data(Tensor(tensors[name]).astype(param.dtype))
-    model.set_train(False)
-    step = int(ckpt_lib.verify(ckpt_path).get("step", 0))
-    return LoadedRun(run_dir, ckpt_path, step, recipe, model_cfg, model, tokenizer)
 
 
 def stop_ids(tokenizer) -> list[int]:
@@ -98,14 +53,16 @@ def score(tasks: Sequence[str], generated: Sequence[str], references: Sequence[s
     }
 
 
-def evaluate(run: LoadedRun, split: str = "val", limit: int | None = None, batch_size: int = 32,
-             max_new_tokens: int | None = None, num_shown: int = 8) -> dict:
-    """Exact-match accuracy of greedy answers on the conversations of `split`; the eval.json content."""
+def evaluate(run, split: str = "val", limit: int | None = None, batch_size: int = 32,
+             max_new_tokens: int | None = None, num_shown: int = 8, data=None) -> dict:
+    """Exact-match accuracy of greedy answers on the conversations of `split` of a loaded text run
+    (recipes.io.load.LoadedModel; `data`: another recipe's data config instead of the run's own);
+    the eval.json content."""
     from pangu.generate import generate
     from recipes.data import build_conversations
 
     tok = run.tokenizer
-    convs = build_conversations(run.recipe.data, split)
+    convs = build_conversations(data or run.recipe.data, split)
     if limit is not None:
         convs = convs[:limit]
     prompts = tok.encode_batch([c.prompt for c in convs])
@@ -131,6 +88,56 @@ def evaluate(run: LoadedRun, split: str = "val", limit: int | None = None, batch
     return result
 
 
+def resolution_search(run, budgets, data=None, log=print) -> str:
+    """MindVL: the validation accuracy at every pixel budget; writes the chosen processor (with the
+    record of all scores) into the run directory and returns its path."""
+    import mindvl.evaluate as vl_eval
+
+    if run.spec.name != "mindvl":
+        raise ValueError(f"--resolution-search: {run.run_dir} is a {run.spec.name} run; the search needs a "
+                         "MindVL run (e.g. runs/sft_tiny)")
+    data = data or run.recipe.data
+    val = run.spec.build_dataset(data, "val")
+    chosen, scores = vl_eval.resolution_search(run.model, val.examples, val.processor, val.tokenizer, budgets,
+                                               data.seq_length, data.max_patches, data.template)
+    for budget, s in scores.items():
+        side = int(round(budget ** 0.5))
+        log(f"{budget} px per image (~{side}x{side}): " + ", ".join(f"{k} {v:.3f}" for k, v in s.items() if k != "n"))
+    path = chosen.save(run.run_dir)
+    log(f"chosen {chosen.extra['resolution_search']['chosen_max_pixels']} px per image (trained with "
+        f"min_pixels {data.min_pixels}, max_pixels {data.max_pixels}); wrote {path}")
+    log(json.dumps(chosen.extra["resolution_search"]))
+    return path
+
+
+def arch_scores(run, split: str = "val", limit: int | None = None, data=None) -> dict:
+    """An architecture's own `evaluate` hook (MindVL) on `split` of the run's data (or `data`), in
+    evaluate()'s format."""
+    import copy
+
+    dataset = run.spec.build_dataset(data or run.recipe.data, split)
+    scored = dataset
+    if limit is not None:  # the hook scores `examples`: hand it a view with the first `limit`
+        scored = copy.copy(dataset)
+        scored.examples = [dataset.examples[i] for i in range(min(limit, len(dataset.examples)))]
+    scores = run.spec.evaluate(run.model, scored)
+    prefix = "val_accuracy_"
+    return {"accuracy": float(scores["val_accuracy"]), "num_examples": len(scored.examples),
+            "per_task": {k[len(prefix):]: {"accuracy": float(v)} for k, v in sorted(scores.items())
+                         if k.startswith(prefix)}}
+
+
+def parse_budgets(text: str) -> list[int]:
+    try:
+        budgets = [int(b) for b in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--budgets: {text!r} is not a comma-separated list of pixel counts; "
+                         "use e.g. 784,3136,12544") from None
+    if not budgets or min(budgets) <= 0:
+        raise ValueError(f"--budgets: {text!r} must list positive pixel counts; use e.g. 784,3136,12544")
+    return budgets
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m recipes.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("path", help="run directory (newest valid checkpoint) or a checkpoints/step_* directory")
@@ -138,6 +145,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=None, help="score only the first N conversations")
     parser.add_argument("--batch-size", type=int, default=32, help="prompts decoded together")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: longest reference + 1")
+    parser.add_argument("--data-from", default=None, metavar="RECIPE",
+                        help="score on this recipe's data instead of the run's own (e.g. the SFT chat prompts)")
+    parser.add_argument("--resolution-search", action="store_true",
+                        help="MindVL: search the pixel budget per image (--budgets) and write it into the run")
+    parser.add_argument("--budgets", default="784,1568,3136,7056,12544",
+                        help="pixels per image for --resolution-search, comma-separated")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     return parser.parse_args(argv)
 
@@ -146,18 +159,40 @@ def main(argv=None) -> int:
     args = parse_args(argv)
 
     def body():
+        import mindspore as ms
+
+        from recipes.io.load import load_model
+
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit: {args.limit} must be >= 1")
-        run = load_run(args.path)
-        result = evaluate(run, args.split, args.limit, args.batch_size, args.max_new_tokens)
+        budgets = parse_budgets(args.budgets) if args.resolution_search else None
+        data = None
+        if args.data_from is not None:
+            from recipes.engine.config import load_recipe
+
+            data = load_recipe(args.data_from, ["init_from=null"])[0].data
+        run = load_model(args.path)
+        if run.recipe is None:
+            raise ValueError(f"{args.path}: a serving directory has no held-out data; evaluate the run directory "
+                             "it was exported from (or import it with recipes.import_hf)")
+        if budgets is not None or run.spec.evaluate is not None:
+            ms.set_context(mode=ms.GRAPH_MODE)   # teacher-forced scoring of whole batches, compiled
+        if budgets is not None:
+            resolution_search(run, budgets, data)
+            return
+        if run.spec.evaluate is not None:
+            result = arch_scores(run, args.split, args.limit, data)
+        else:
+            result = evaluate(run, args.split, args.limit, args.batch_size, args.max_new_tokens, data=data)
         out = os.path.join(run.run_dir, "eval.json")
         with open(out + ".tmp", "w") as f:
             json.dump(result, f, indent=1)
         os.replace(out + ".tmp", out)
         for task, r in result["per_task"].items():
-            print(f"{task:>10}: {r['correct']:4d}/{r['n']:<4d} = {r['accuracy']:.3f}")
-        print(f"{'overall':>10}: {result['num_correct']:4d}/{result['num_examples']:<4d} = {result['accuracy']:.3f} "
-              f"({args.split}, step {run.step}); wrote {out}")
+            counts = f"{r['correct']:4d}/{r['n']:<4d} = " if "n" in r else ""
+            print(f"{task:>10}: {counts}{r['accuracy']:.3f}")
+        counts = f"{result['num_correct']:4d}/{result['num_examples']:<4d} = " if "num_correct" in result else ""
+        print(f"{'overall':>10}: {counts}{result['accuracy']:.3f} ({args.split}, step {run.step}); wrote {out}")
 
     return run_command(body, args.debug)
 

@@ -1,8 +1,9 @@
-"""Generate from a trained run: `python -m recipes.generate RUN_DIR --prompt "..." [--top-p 0.9
---temperature 0.8 --seed 0 --max-new-tokens 64] [--raw]`.
+"""Generate from a trained run or a serving directory: `python -m recipes.generate RUN_DIR_OR_HF_DIR
+--prompt "..." [--top-p 0.9 --temperature 0.8 --seed 0 --max-new-tokens 64] [--raw]`.
 
-For runs trained on chat data (data.source sft | chat_jsonl) the prompt is wrapped in the chat
-template (`<|user|>PROMPT<|assistant|>`) unless `--raw`; pretraining runs get the prompt as is.
+For runs trained on chat data (data.source sft | chat_jsonl; a serving directory whose tokenizer has the
+chat tokens) the prompt is wrapped in the chat template (`<|user|>PROMPT<|assistant|>`) unless `--raw`;
+pretraining runs get the prompt as is.
 Temperature 0 is greedy. Prints the generated text (up to eod / `<|user|>`).
 """
 
@@ -36,10 +37,19 @@ def main(argv=None) -> int:
         from pangu.generate import generate
         from recipes.data import render
         from recipes.data.tokenizer import ASSISTANT_TOKEN
-        from recipes.evaluate import load_run, stop_ids
+        from recipes.evaluate import stop_ids
+        from recipes.io.load import load_model
 
-        run = load_run(args.path)
-        chat = run.recipe.data.source in ("sft", "chat_jsonl") and not args.raw
+        run = load_model(args.path)
+        if run.spec.build_dataset is not None:
+            raise ValueError(f"{args.path}: a {run.spec.name} model takes more than text; recipes.generate decodes "
+                             "text models (score MindVL with python -m recipes.evaluate)")
+        if run.tokenizer is None:
+            raise ValueError(f"{args.path}: no tokenizer.model in the serving directory; export the run with "
+                             "recipes.export (it writes the tokenizer) or copy the tokenizer files in")
+        trained_on_chat = (run.recipe.data.source in ("sft", "chat_jsonl") if run.recipe is not None
+                           else run.tokenizer.assistant_id is not None)
+        chat = trained_on_chat and not args.raw
         text = render([("user", args.prompt)]) + ASSISTANT_TOKEN if chat else args.prompt
         tok = run.tokenizer
         (new,) = generate(run.model, [tok.encode(text)], args.max_new_tokens, stop_ids=stop_ids(tok),

@@ -18,7 +18,7 @@ A sharded tensor (optimizer parallel / ZeRO: a slice [offset, offset + local siz
 default) must be sharded on every rank that holds it; the slices must tile [0, shape[dim]) with no gap
 or overlap, and ranks holding the same slice (DP replicas of a shard) must agree like replicas do.
 Tensors are merged one at a time, reading only that tensor from each rank file. The output is a
-run-like directory (recipes.weights); config.yaml is copied when RANK_DIR is a step_* directory of a run.
+run-like directory (recipes.io.rundir); config.yaml is copied when RANK_DIR is a step_* directory of a run.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ import numpy as np
 
 os.environ.setdefault("GLOG_v", "3")
 
-from recipes import safetensors_io, weights  # noqa: E402
+from recipes.io import safetensors_io
+from recipes.io import rundir  # noqa: E402
 from recipes.cli import run_command
 
 _RANK_FILE = re.compile(r"^model\.rank(\d+)\.safetensors$")
@@ -165,7 +166,7 @@ def merge(directory: str, tolerance: float = 0.0) -> tuple[dict[str, np.ndarray]
 
 def merge_ranks(directory: str, out: str, tolerance: float = 0.0, overwrite: bool = False, log=print) -> str:
     """Merge RANK_DIR into the run-like directory `out`; returns the written step_* directory."""
-    weights.prepare_out(out, overwrite, create=False)
+    rundir.prepare_out(out, overwrite, create=False)
     tensors, report = merge(directory, tolerance)
     step, state = 0, {}
     state_path = os.path.join(directory, "trainer_state.json")
@@ -175,8 +176,8 @@ def merge_ranks(directory: str, out: str, tolerance: float = 0.0, overwrite: boo
         step = int(state.pop("step", 0))
     run_dir = os.path.dirname(os.path.dirname(os.path.normpath(directory)))
     config_from = run_dir if os.path.isfile(os.path.join(run_dir, "config.yaml")) else None
-    weights.prepare_out(out, overwrite)
-    path = weights.write_run_checkpoint(out, step, tensors, {**state, "merged_ranks": {"source": directory, **report}},
+    rundir.prepare_out(out, overwrite)
+    path = rundir.write_run_checkpoint(out, step, tensors, {**state, "merged_ranks": {"source": directory, **report}},
                                         config_from)
     log(f"merged {report['world_size']} ranks ({report['replicated']} replicated, {report['sharded']} sharded "
         f"tensors; max replica difference {report['max_replica_diff']:.3g}) -> {path}")

@@ -18,17 +18,17 @@ Stage types:
   average  `python -m recipes.average --out ROOT/<output> [--run ROOT/<run of `from`>] ARGS` (the
            `--run` is added unless ARGS have --run/--base/--spec or a {placeholder}); ARGS may use
            {root} and {<stage name>} (that stage's output directory).
-  search   MindVL test-time resolution search on the run of `from`, in place: `python -m mindvl.evaluate
-           <eval.data_from> --run ROOT/<run of `from`> ARGS` writes preprocessor_config.json (the chosen
-           pixel budget + all scores) into that run, so an export `from` this stage carries the choice;
-           skipped when the run already holds a search record.
+  search   MindVL test-time resolution search on the run of `from`, in place: `python -m recipes.evaluate
+           ROOT/<run of `from`> --resolution-search --data-from <eval.data_from> ARGS` writes
+           preprocessor_config.json (the chosen pixel budget + all scores) into that run, so an export
+           `from` this stage carries the choice; skipped when the run already holds a search record.
   export   `python -m recipes.export ROOT/<run of `from`> --out ROOT/<output> ARGS`.
 Relative recipe paths are relative to the spec file. `output` defaults to <spec's model dir>_<name>.
 
 Scoring of `evaluate: true` stages depends on the architecture of `eval.data_from`'s recipe:
   text models   greedy exact match of generated answers (recipes.evaluate, compiled KV-cache decoding)
                 on its held-out chat prompts + token loss on its validation rows ("chat val").
-  an arch whose registry spec has `evaluate(model, dataset)` (MindVL: mindvl.evaluate.evaluate_dataset)
+  an arch whose ModelSpec has `evaluate(model, dataset)` (MindVL: mindvl.evaluate.evaluate_dataset)
                 that hook on the recipe's validation split (`build_dataset(data, "val")`), which returns
                 {"val_accuracy": overall, "val_accuracy_<task>": per task}, + the model's loss on the
                 split's rows ("chat val"). `limit` keeps the first N validation examples.
@@ -45,7 +45,6 @@ exit 2 (`--debug`: traceback).
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import os
@@ -185,14 +184,14 @@ def load_spec(path: str) -> Spec:
 
 
 def _run_name(recipe_path: str, overrides: list[str]) -> tuple[str, int]:
-    from recipes.config import load_recipe
+    from recipes.engine.config import load_recipe
 
     recipe, _ = load_recipe(recipe_path, ["init_from=null", *overrides])
     return recipe.run.name, recipe.train.steps
 
 
 def _checkpoint_step(run_dir: str) -> int:
-    from recipes import checkpoint as ckpt_lib
+    from recipes.io import checkpoint as ckpt_lib
 
     found = ckpt_lib.latest_valid(os.path.join(run_dir, "checkpoints"), warn=lambda *_: None)
     return found.step if found is not None else 0
@@ -228,13 +227,11 @@ class Evaluator:
     """Exact match + chat validation loss of a run(-like) directory on the spec's held-out prompts."""
 
     def __init__(self, spec: Spec, limit: int | None, log):
-        from pangu import registry
-        from recipes.config import load_recipe
+        from recipes.engine.config import load_recipe
 
         recipe, _ = load_recipe(spec.eval_data_from, ["init_from=null"])
         self.data = recipe.data
         self.batch_size = recipe.train.micro_batch_size
-        self.arch_spec = registry.get_spec(recipe.model.arch)  # an `evaluate` hook replaces generation
         self.limit = limit if limit is not None else spec.eval_limit
         self.log = log
         self._configured = False
@@ -246,7 +243,8 @@ class Evaluator:
         import mindspore as ms
 
         from pangu.generate import Compiled
-        from recipes.evaluate import evaluate, load_run
+        from recipes.evaluate import arch_scores, evaluate
+        from recipes.io.load import load_model
 
         if not self._configured:
             if ms.get_context("device_target") != "CPU" and not os.environ.get("ASCEND_HOME_PATH"):
@@ -256,17 +254,17 @@ class Evaluator:
         ms.set_context(mode=ms.GRAPH_MODE)  # compiled generation; the caller's mode is restored below
         try:
             t0 = time.perf_counter()
-            if "evaluate" in self.arch_spec:
-                result = self._arch_scores(run_dir)
-                result["eval_seconds"] = time.perf_counter() - t0
-                return self._save(result, out_path)
-            run = load_run(run_dir, log=self.log)
-            # score on the chat prompts of eval.data_from, whatever this run trained on (a pretrain
+            # score on the prompts of eval.data_from, whatever this run trained on (a pretrain
             # checkpoint is evaluated in the same chat format as the SFT one)
-            recipe = dataclasses.replace(run.recipe, data=self.data)
-            run = dataclasses.replace(run, recipe=recipe, model=Compiled(run.model))
-            result = evaluate(run, "val", self.limit, batch_size=64)
-            result["chat_val_loss"] = _val_loss(run.model.model, self.data)
+            run = load_model(run_dir, log=self.log)
+            if run.spec.evaluate is not None:        # the arch's own metric (MindVL) replaces generation
+                result = arch_scores(run, "val", self.limit, self.data)
+                result["chat_val_loss"] = _dataset_loss(run.model, run.spec.build_dataset(self.data, "val"),
+                                                        run.model.BATCH_KEYS, self.batch_size, None)
+            else:
+                result = evaluate(dataclasses.replace(run, model=Compiled(run.model)), "val", self.limit,
+                                  batch_size=64, data=self.data)
+                result["chat_val_loss"] = _val_loss(run.model, self.data)
             result["eval_seconds"] = time.perf_counter() - t0
         finally:
             ms.set_context(mode=previous_mode)
@@ -278,39 +276,6 @@ class Evaluator:
             json.dump(result, f, indent=1)
         os.replace(out_path + ".tmp", out_path)
         return result
-
-    def _arch_scores(self, run_dir: str) -> dict:
-        """The arch's own validation metrics (registry `evaluate` hook) in the text evaluator's format."""
-        from recipes.data import BATCH_KEYS as TEXT_BATCH_KEYS
-
-        model = _load_model(run_dir, self.log)
-        dataset = self.arch_spec["build_dataset"](self.data, "val")
-        scored = dataset
-        if self.limit is not None:  # the hook scores `examples`: hand it a view with the first `limit`
-            scored = copy.copy(dataset)
-            scored.examples = [dataset.examples[i] for i in range(min(self.limit, len(dataset.examples)))]
-        scores = self.arch_spec["evaluate"](model, scored)
-        prefix = "val_accuracy_"
-        return {"accuracy": float(scores["val_accuracy"]), "num_examples": len(scored.examples),
-                "per_task": {k[len(prefix):]: {"accuracy": float(v)} for k, v in sorted(scores.items())
-                             if k.startswith(prefix)},
-                "chat_val_loss": _dataset_loss(model, dataset, getattr(model, "BATCH_KEYS", TEXT_BATCH_KEYS),
-                                               self.batch_size, None)}
-
-
-def _load_model(run_dir: str, log):
-    """The model of a run(-like) directory's newest valid checkpoint, in inference mode."""
-    from pangu import registry
-    from recipes import checkpoint as ckpt_lib
-    from recipes import weights
-    from recipes.export import _load_into
-
-    loc = weights.locate(run_dir, log)
-    _, model_cfg = weights.load_run_config(loc.run_dir or run_dir)
-    model = registry.build_model(model_cfg, seed=0)
-    _load_into(model, ckpt_lib.load_tensors(loc.checkpoint, ckpt_lib.MODEL_FILE))
-    model.set_train(False)
-    return model
 
 
 def _val_loss(model, data_cfg, batch_size: int = 16, num_batches: int = 8) -> float:
@@ -373,8 +338,8 @@ def run_pipeline(spec_path: str, root: str = "runs", overrides: list[str] = (), 
             if record is not None:
                 row["status"] = "skipped (complete)"
             else:
-                _subprocess([py, "-m", "mindvl.evaluate", spec.eval_data_from, "--run", out,
-                             "--set", "init_from=null", *stage.args], log)
+                _subprocess([py, "-m", "recipes.evaluate", out, "--resolution-search", "--data-from",
+                             spec.eval_data_from, *stage.args], log)
                 record = _search_record(out)
                 row["status"] = "ran"
             if record is not None:
@@ -423,7 +388,7 @@ def run_pipeline(spec_path: str, root: str = "runs", overrides: list[str] = (), 
 
 
 def _search_record(run_dir: str) -> dict | None:
-    """The resolution-search record of run_dir/preprocessor_config.json (written by mindvl.evaluate), if any."""
+    """The resolution-search record of run_dir/preprocessor_config.json (written by recipes.evaluate), if any."""
     path = os.path.join(run_dir, "preprocessor_config.json")
     if not os.path.isfile(path):
         return None

@@ -40,8 +40,8 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
-    from recipes.config import load_recipe
-    from recipes.trainer import Trainer
+    from recipes.engine.config import load_recipe
+    from recipes.engine.trainer import Trainer
 
     recipe, model_cfg = load_recipe(args.recipe, split_overrides(args.overrides))
     start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Attention op (plan/CONTRACTS.md "Attention op contract").
+"""Attention op: one dispatcher over the reference, the CPU FastAttention kernel and Ascend's fused op.
 
 `attention(q, k, v, segment_ids=None, *, causal=True, scale=None, impl="auto")`
   q [B, N, S, Dqk], k [B, Nkv, S, Dqk], v [B, Nkv, S, Dv] -> [B, N, S, Dv] in q's dtype.

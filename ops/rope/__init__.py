@@ -1,6 +1,6 @@
 """Rotary position embedding (RoPE).
 
-Public API (contract in plan/CONTRACTS.md):
+Public API:
   rotary_tables(position_ids, dim, theta, layout="rotate_half") -> (cos, sin)  fp32 [B, 1, S, dim]
   rotary_tables_2d(row_ids, col_ids, dim, theta, layout="rotate_half")         ViT 2-D RoPE tables
   mrope_tables(position_ids_B3S, dim, theta, sections, layout="rotate_half")   3-D M-RoPE tables

@@ -2,7 +2,7 @@
 
 Legend: B batch, S sequence, H hidden, N query heads, Nkv kv heads, D head dim, T cache columns.
 
-KV cache (pangu/generate.py's `KVCacheModel`): `prefill` is `construct` that also returns the
+KV cache (pangu/generate.py's `KVCacheModel`, pieces in pangu.common.kv_cache): `prefill` is `construct` that also returns the
 roped k/v of every column ([B, Nkv, S, D], the cache); `decode` runs ONE new column per row: it
 writes its k/v at column index_B[b] (`kv_cache_write`) and attends over the valid columns
 (`decode_attention`, GQA by repeating kv heads). Same math as `construct`, one column at a time.
@@ -13,14 +13,7 @@ from mindspore import nn, ops
 from ops.attention import attention, resolve_impl as attn_resolve
 from ops.rope import apply_rope, resolve_impl as rope_resolve
 from pangu.common.layers import Linear
-from pangu.generate import decode_attention, kv_cache_write
-
-
-def mark_valid(valid_BT, index_B):
-    """valid_BT with column index_B[b] of row b set to 1 (a decoded token's own column)."""
-    onehot_BT = ops.equal(ops.arange(valid_BT.shape[1], dtype=ms.int32)[None, :],
-                          index_B.astype(ms.int32)[:, None])
-    return ops.maximum(valid_BT, onehot_BT.astype(valid_BT.dtype))
+from pangu.common.kv_cache import decode_attention, kv_cache_write
 
 
 class GQAttention(nn.Cell):
@@ -30,10 +23,12 @@ class GQAttention(nn.Cell):
                  o_bias=True, compute_dtype=ms.float32, attention_impl="auto",
                  rope_layout="rotate_half"):
         super().__init__()
-        self.q_proj = Linear(hidden_size, num_heads * head_dim, qkv_bias, compute_dtype)
-        self.k_proj = Linear(hidden_size, num_kv_heads * head_dim, qkv_bias, compute_dtype)
-        self.v_proj = Linear(hidden_size, num_kv_heads * head_dim, qkv_bias, compute_dtype)
-        self.o_proj = Linear(num_heads * head_dim, hidden_size, o_bias, compute_dtype)
+        self.q_proj = Linear(hidden_size, num_heads * head_dim, qkv_bias, compute_dtype, axes=("heads", "embed"))
+        self.k_proj = Linear(hidden_size, num_kv_heads * head_dim, qkv_bias, compute_dtype,
+                             axes=("kv_heads", "embed"))
+        self.v_proj = Linear(hidden_size, num_kv_heads * head_dim, qkv_bias, compute_dtype,
+                             axes=("kv_heads", "embed"))
+        self.o_proj = Linear(num_heads * head_dim, hidden_size, o_bias, compute_dtype, axes=("embed", "heads"))
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim

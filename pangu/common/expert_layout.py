@@ -1,6 +1,9 @@
-"""Routed experts: our stacked [E, out, in] weights <-> the serving layout's one tensor per expert.
+"""Our parameter names <-> a serving layout's, shared by every decoder's convert module.
 
-Shared by the Pro and Ultra converters (values are numpy arrays).
+Ours == serving except: routed experts are stored STACKED (`...mlp.experts.{gate,up,down}_proj`
+[E, out, in]) where the serving layout has one tensor per expert (`...mlp.experts.{e}.{...}_proj.weight`
+[out, in]); a few names differ by a suffix (`renames`); training-only buffers are not exported
+(`drop`). Values are numpy arrays; linear weights are [out, in] on both sides (no transposes).
 """
 import re
 
@@ -39,6 +42,36 @@ def stack_per_expert(experts: dict) -> dict:
     return out
 
 
-def model_state(model) -> dict:
-    """{our name: numpy array} of a MindSpore model (buffers included)."""
-    return {name: p.asnumpy() for name, p in model.parameters_and_names()}
+def _rename(name: str, renames) -> str:
+    for ours, theirs in renames:
+        if name.endswith(ours):
+            return name[: -len(ours)] + theirs
+    return name
+
+
+def to_serving(state: dict, renames=(), drop=()) -> dict:
+    """Our {name: array} -> serving {name: array}: experts split, suffixes renamed (ours, theirs),
+    names ending in one of `drop` left out."""
+    out = {}
+    for name, value in state.items():
+        value = np.asarray(value)
+        split = split_stacked(name, value)
+        if split is not None:
+            out.update(split)
+        elif not name.endswith(tuple(drop)):
+            out[_rename(name, renames)] = value
+    return out
+
+
+def from_serving(state: dict, renames=(), skip=None) -> dict:
+    """Serving {name: array} -> our {name: array}: per-expert tensors stacked in expert order, suffixes
+    renamed back, names matching the regex `skip` (copies the serving layout stores twice) left out."""
+    back = [(theirs, ours) for ours, theirs in renames]
+    out, experts = {}, {}
+    for name, value in state.items():
+        value = np.asarray(value)
+        if collect_per_expert(name, value, experts) or (skip is not None and skip.match(name)):
+            continue
+        out[_rename(name, back)] = value
+    out.update(stack_per_expert(experts))
+    return out

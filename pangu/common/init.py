@@ -43,15 +43,3 @@ def init_normal(model, std, seed=None, std_for=None):
             data = rng.normal(0.0, s, size=p.shape).astype(np.float32)
         p.set_data(Tensor(data))
     return model
-
-
-def match_logical_axes(model, rules) -> dict:
-    """{parameter name: logical axis names} from `rules`, (name suffix, axes) pairs tried in order."""
-    out = {}
-    for name, p in model.parameters_and_names():
-        for suffix, axes in rules:
-            if name.endswith(suffix):
-                assert len(axes) == len(p.shape), (name, axes, p.shape)
-                out[name] = axes
-                break
-    return out

@@ -25,7 +25,7 @@ from mindspore import nn, ops
 from ops.attention import attention, resolve_impl as resolve_attention_impl
 from ops.rope import apply_rope, resolve_impl as resolve_rope_impl, rotary_tables
 from pangu.common.layers import Linear, RMSNorm
-from pangu.generate import decode_attention, kv_cache_write
+from pangu.common.kv_cache import decode_attention, kv_cache_write
 
 ROPE_LAYOUT = "interleaved"  # Pangu Ultra MoE / DeepSeek-V3 checkpoints store rope dims as pairs
 
@@ -52,13 +52,16 @@ class MultiHeadLatentAttention(nn.Cell):
         # resolved once here: "auto" must not be resolved inside a GRAPH-mode construct
         self.attention_impl = resolve_attention_impl(attention_impl)
         self.rope_impl = resolve_rope_impl(rope_impl)
-        self.q_a_proj = Linear(hidden_size, q_lora_dim, False, compute_dtype)
+        self.q_a_proj = Linear(hidden_size, q_lora_dim, False, compute_dtype, axes=("q_lora", "embed"))
         self.q_a_layernorm = RMSNorm(q_lora_dim, eps, norm_impl)
-        self.q_b_proj = Linear(q_lora_dim, num_heads * self.qk_head_dim, False, compute_dtype)
-        self.kv_a_proj_with_mqa = Linear(hidden_size, kv_lora_dim + qk_rope_dim, False, compute_dtype)
+        self.q_b_proj = Linear(q_lora_dim, num_heads * self.qk_head_dim, False, compute_dtype,
+                               axes=("heads", "q_lora"))
+        self.kv_a_proj_with_mqa = Linear(hidden_size, kv_lora_dim + qk_rope_dim, False, compute_dtype,
+                                         axes=("kv_lora", "embed"))
         self.kv_a_layernorm = RMSNorm(kv_lora_dim, eps, norm_impl)
-        self.kv_b_proj = Linear(kv_lora_dim, num_heads * (qk_nope_dim + v_dim), False, compute_dtype)
-        self.o_proj = Linear(num_heads * v_dim, hidden_size, False, compute_dtype)
+        self.kv_b_proj = Linear(kv_lora_dim, num_heads * (qk_nope_dim + v_dim), False, compute_dtype,
+                                axes=("heads", "kv_lora"))
+        self.o_proj = Linear(num_heads * v_dim, hidden_size, False, compute_dtype, axes=("embed", "heads"))
 
     def _q(self, x_BSH, cos_B1SD, sin_B1SD):
         """(q_nope [B,N,S,Dn], roped q_rope [B,N,S,Dr])."""

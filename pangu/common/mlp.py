@@ -11,9 +11,9 @@ class SwiGLUMLP(nn.Cell):
 
     def __init__(self, hidden_size, intermediate_size, compute_dtype=ms.float32, impl="auto"):
         super().__init__()
-        self.gate_proj = Linear(hidden_size, intermediate_size, False, compute_dtype)
-        self.up_proj = Linear(hidden_size, intermediate_size, False, compute_dtype)
-        self.down_proj = Linear(intermediate_size, hidden_size, False, compute_dtype)
+        self.gate_proj = Linear(hidden_size, intermediate_size, False, compute_dtype, axes=("mlp", "embed"))
+        self.up_proj = Linear(hidden_size, intermediate_size, False, compute_dtype, axes=("mlp", "embed"))
+        self.down_proj = Linear(intermediate_size, hidden_size, False, compute_dtype, axes=("embed", "mlp"))
         self.impl = resolve_impl(impl)
 
     def construct(self, x):

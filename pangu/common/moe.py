@@ -4,7 +4,7 @@ Legend: B batch, S sequence, T = B*S tokens, H hidden, I expert intermediate, E 
 K experts per token, A = T*K assignments, P padded assignment slots, NB expert blocks, blk rows
 per block.
 
-Router contract (plan/CONTRACTS.md): a Cell `construct(self, h_TH) -> (weights_TK fp32,
+Router contract: a Cell `construct(self, h_TH) -> (weights_TK fp32,
 experts_TK int32, probs_TE fp32)`; probs_TE are the scores the balance loss uses. The router is
 stored as `self.gate` so its projection is named `mlp.gate.weight` like the serving layout.
 
@@ -45,8 +45,8 @@ class MoGERouter(nn.Cell):
         if num_experts % num_groups:
             raise ValueError(f"num_experts: {num_experts} is not divisible by num_groups="
                              f"{num_groups}; use a multiple of the group count")
-        self.weight = zeros_param((num_experts, hidden_size))     # [E, H]
-        self.router_scale = ones_param((1, num_experts))           # [1, E]
+        self.weight = zeros_param((num_experts, hidden_size), ("router", "embed"))     # [E, H]
+        self.router_scale = ones_param((1, num_experts), (None, "router"))            # [1, E]
         self.num_groups = num_groups
         self.matmul = ops.MatMul(transpose_b=True)
         self.route_impl = moe_ops.resolve_impl("moge_route")      # resolved once, at build time
@@ -64,8 +64,8 @@ class TopKRouter(nn.Cell):
     def __init__(self, hidden_size, num_experts, top_k, score_func="softmax",
                  selection_bias=False, norm_topk_prob=False, scaling_factor=1.0):
         super().__init__()
-        self.weight = zeros_param((num_experts, hidden_size))
-        self.e_score_correction_bias = (zeros_param((num_experts,), requires_grad=False)
+        self.weight = zeros_param((num_experts, hidden_size), ("router", "embed"))
+        self.e_score_correction_bias = (zeros_param((num_experts,), ("router",), requires_grad=False)
                                         if selection_bias else None)
         self.has_bias = selection_bias
         self.top_k = top_k
@@ -95,9 +95,9 @@ class GroupedExperts(nn.Cell):
             raise ValueError(f"expert_impl: unknown {expert_impl!r}; use one of {EXPERT_IMPLS}")
         self.expert_impl = expert_impl
         self.num_experts = num_experts
-        self.gate_proj = zeros_param((num_experts, intermediate_size, hidden_size))
-        self.up_proj = zeros_param((num_experts, intermediate_size, hidden_size))
-        self.down_proj = zeros_param((num_experts, hidden_size, intermediate_size))
+        self.gate_proj = zeros_param((num_experts, intermediate_size, hidden_size), ("expert", "expert_mlp", "embed"))
+        self.up_proj = zeros_param((num_experts, intermediate_size, hidden_size), ("expert", "expert_mlp", "embed"))
+        self.down_proj = zeros_param((num_experts, hidden_size, intermediate_size), ("expert", "embed", "expert_mlp"))
         self.compute_dtype = compute_dtype
         self.act_impl = swiglu_impl(swiglu_impl_name)
         self.plan_impl = moe_ops.resolve_impl("permute_plan")     # resolved once, at build time

@@ -57,14 +57,6 @@ def mtp_targets_np(labels, loss_mask, segment_ids, d):
     return out_l, out_m
 
 
-def masked_cross_entropy(logits_BSV, labels_BS, mask_BS):
-    """Mean token NLL over mask (fp32); 0 when the mask is empty."""
-    logp = ops.log_softmax(logits_BSV.astype(ms.float32), -1)
-    nll = -ops.gather_elements(logp, 2, labels_BS.astype(ms.int32)[:, :, None]).squeeze(-1)
-    mask = mask_BS.astype(ms.float32)
-    return (nll * mask).sum() / ops.maximum(mask.sum(), 1.0)
-
-
 class SharedHead(nn.Cell):
     """`shared_head.norm`: the MTP module's own final norm (the head matrix is the main lm_head)."""
 
@@ -83,7 +75,7 @@ class MTPLayerMixin:
     def init_mtp(self, hidden_size, eps=1e-5, compute_dtype=ms.float32):
         self.enorm = RMSNorm(hidden_size, eps)
         self.hnorm = RMSNorm(hidden_size, eps)
-        self.eh_proj = Linear(2 * hidden_size, hidden_size, False, compute_dtype)
+        self.eh_proj = Linear(2 * hidden_size, hidden_size, False, compute_dtype, axes=("embed", "mtp_concat"))
         self.shared_head = SharedHead(hidden_size, eps)
 
     def mtp_input(self, h_prev_BSH, emb_BSH):

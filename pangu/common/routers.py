@@ -2,7 +2,7 @@
 
 Legend: T tokens, H hidden, E routed experts, K experts per token.
 
-Router (plugs into pangu.common.moe.MoE as `mlp.gate`, router contract of plan/CONTRACTS.md):
+Router (plugs into pangu.common.moe.MoE as `mlp.gate`; the router contract is in moe.py):
     s_TE = sigmoid(W h) in fp32
     chosen = top-K of (s + e_score_correction_bias)    <- the bias changes the SELECTION only
     w = s[chosen] / sum_k s[chosen] (norm_topk_prob) * routed_scaling_factor
@@ -52,7 +52,8 @@ class SigmoidTopKRouter(TopKRouter):
                          norm_topk_prob, scaling_factor)
         self.num_experts = num_experts
         self.track_load = bool(track_load)
-        self.expert_load = zeros_param((num_experts,), requires_grad=False) if track_load else None
+        self.expert_load = (zeros_param((num_experts,), ("router",), requires_grad=False)
+                            if track_load else None)
         self.counts_impl = moe_ops.resolve_impl("expert_counts")  # resolved once, at build time
 
     def construct(self, h_TH):

@@ -1,11 +1,7 @@
-"""Pangu Pro MoE (MoGE, 71.99B total / 16.50B active)."""
-from pangu.pro_moe.config import PRESETS, PanguProMoEConfig
-from pangu.pro_moe.model import (PanguProMoEForCausalLM, build_model, count_parameters,
-                                 init_weights, logical_axes)
+"""Pangu Pro MoE (MoGE, 71.99B total / 16.50B active): config.py, model.py, convert.py, spec.py."""
+from pangu.pro_moe.config import PRESETS, PanguProMoEConfig, count_parameters, model_shape
+from pangu.pro_moe.model import PanguProMoEForCausalLM, build_model, init_weights
+from pangu.pro_moe.spec import SPEC
 
-ARCH_SPEC = dict(config_cls=PanguProMoEConfig, presets=PRESETS, model_cls=PanguProMoEForCausalLM,
-                 build_model=build_model, count_parameters=count_parameters,
-                 convert_module="pangu.pro_moe.convert")
-
-__all__ = ["PanguProMoEConfig", "PRESETS", "PanguProMoEForCausalLM", "build_model",
-           "count_parameters", "init_weights", "logical_axes", "ARCH_SPEC"]
+__all__ = ["PanguProMoEConfig", "PRESETS", "PanguProMoEForCausalLM", "build_model", "count_parameters",
+           "init_weights", "model_shape", "SPEC"]

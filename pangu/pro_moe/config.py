@@ -1,7 +1,9 @@
-"""Pangu Pro MoE (MoGE) configuration: field names follow the released config.json."""
+"""Pangu Pro MoE (MoGE) configuration: dataclass (field names follow the released config.json),
+presets, the analytic parameter count and the planner's ModelShape."""
 from dataclasses import dataclass, asdict
 
 from pangu.common.config_utils import check, check_choice, check_positive_ints
+from pangu.shape import ModelShape
 
 
 @dataclass
@@ -98,3 +100,33 @@ def full() -> PanguProMoEConfig:
 
 
 PRESETS = {"tiny": tiny, "bench": bench, "full": full}
+
+
+def count_parameters(cfg: PanguProMoEConfig):
+    """Analytic (total, active): active = total minus the routed experts a token does NOT use."""
+    h, v, L = cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers
+    q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+    attn = h * q + 2 * h * kv + q * h
+    if cfg.attention_bias:
+        attn += q + 2 * kv + h
+    norms = 2 * h
+    router = cfg.num_experts * h + cfg.num_experts
+    expert = 3 * h * cfg.moe_intermediate_size
+    shared = 3 * h * cfg.shared_expert_intermediate_size
+    layer = attn + norms + router + cfg.num_experts * expert + shared
+    embed = v * h * (1 if cfg.tie_word_embeddings else 2)
+    total = embed + L * layer + h
+    active = total - L * (cfg.num_experts - cfg.num_experts_per_tok) * expert
+    return total, active
+
+
+def model_shape(cfg: PanguProMoEConfig) -> ModelShape:
+    """The planner's view: GQA with biases, every layer MoGE (groups = K), ungated shared expert."""
+    return ModelShape(
+        arch="pangu_pro_moe", vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_hidden_layers, num_heads=cfg.num_attention_heads,
+        num_kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim, v_head_dim=cfg.head_dim,
+        attention="gqa", qkv_bias=cfg.attention_bias, o_bias=cfg.attention_bias,
+        num_experts=cfg.num_experts, num_expert_groups=cfg.num_groups, top_k=cfg.num_experts_per_tok,
+        moe_ffn=cfg.moe_intermediate_size, shared_ffn=cfg.shared_expert_intermediate_size,
+        num_dense_layers=0, router_scale=True, tie_word_embeddings=cfg.tie_word_embeddings)

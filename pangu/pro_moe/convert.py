@@ -1,4 +1,4 @@
-"""Name + layout maps between our MindSpore parameters and the serving (HF/vLLM) layout.
+"""Pangu Pro MoE <-> its serving layout (`PanguProMoEForCausalLM`, model_type "PanguProMoE").
 
 Ours == serving except:
   model.layers.N.mlp.gate.router_scale         <-> model.layers.N.mlp.router_scale
@@ -6,50 +6,45 @@ Ours == serving except:
                                                <-> model.layers.N.mlp.experts.{e}.{...}_proj.weight
 Linear weights are [out, in] on both sides, so no transposes. Values are numpy arrays.
 """
-import numpy as np
+import dataclasses
 
-from pangu.common.expert_layout import collect_per_expert, model_state, split_stacked, stack_per_expert
+from pangu.common.expert_layout import from_serving, to_serving
+from pangu.pro_moe.config import PanguProMoEConfig
+from pangu.spec import ServingLayout
 
-__all__ = ["to_hf", "from_hf", "hf_config", "model_state"]
-_OURS_SCALE = ".mlp.gate.router_scale"
-_HF_SCALE = ".mlp.router_scale"
+_RENAMES = ((".mlp.gate.router_scale", ".mlp.router_scale"),)
+# switches of this implementation, not facts of the network: never written to config.json
+_LOCAL_FIELDS = ("compute_dtype", "expert_impl", "attention_impl", "ops_impl", "attention_bias")
 
 
-def to_hf(state: dict) -> dict:
+def to_hf(state: dict, cfg=None) -> dict:
     """Our {name: array} -> serving {name: array} (experts split per expert)."""
-    out = {}
-    for name, value in state.items():
-        value = np.asarray(value)
-        split = split_stacked(name, value)
-        if split is not None:
-            out.update(split)
-        elif name.endswith(_OURS_SCALE):
-            out[name[: -len(_OURS_SCALE)] + _HF_SCALE] = value
-        else:
-            out[name] = value
-    return out
+    return to_serving(state, _RENAMES)
 
 
-def from_hf(state: dict) -> dict:
+def from_hf(state: dict, cfg=None) -> dict:
     """Serving {name: array} -> our {name: array} (per-expert weights stacked in expert order)."""
-    out, experts = {}, {}
-    for name, value in state.items():
-        value = np.asarray(value)
-        if collect_per_expert(name, value, experts):
-            continue
-        if name.endswith(_HF_SCALE):
-            out[name[: -len(_HF_SCALE)] + _OURS_SCALE] = value
-        else:
-            out[name] = value
-    out.update(stack_per_expert(experts))
-    return out
+    return from_serving(state, _RENAMES)
 
 
-def hf_config(cfg) -> dict:
+def hf_config(cfg: PanguProMoEConfig) -> dict:
     """config.json for the serving stack (PanguProMoEForCausalLM)."""
     d = cfg.to_dict()
-    for k in ("compute_dtype", "expert_impl", "attention_impl", "ops_impl", "attention_bias"):
+    for k in _LOCAL_FIELDS:
         d.pop(k)
     d.update(architectures=["PanguProMoEForCausalLM"], model_type="PanguProMoE",
              hidden_act="silu", torch_dtype="bfloat16")
     return d
+
+
+def config_from_hf(d: dict, names=None) -> PanguProMoEConfig:
+    """config.json (+ the serving tensor names; None: the config alone, e.g. for planning) -> our config."""
+    fields = {f.name for f in dataclasses.fields(PanguProMoEConfig)}
+    kw = {k: v for k, v in d.items() if k in fields}
+    if names is not None:  # hf_config drops attention_bias (the release always has biases): read the tensors
+        kw["attention_bias"] = any(n.endswith(".self_attn.q_proj.bias") for n in names)
+    return PanguProMoEConfig(**kw).validate()
+
+
+SERVING = ServingLayout(model_type="PanguProMoE", architecture="PanguProMoEForCausalLM", to_hf=to_hf,
+                        from_hf=from_hf, config_to_hf=hf_config, config_from_hf=config_from_hf)

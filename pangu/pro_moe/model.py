@@ -10,11 +10,13 @@ valid_BT) with k, v [B, Nkv, T, head_dim] after RoPE and valid_BT the written co
 import mindspore as ms
 from mindspore import nn, ops
 
-from ops._dispatch import impl_scope
+from ops import impl_scope
 from ops.rope import rotary_tables
-from pangu.common.attention import GQAttention, mark_valid
-from pangu.common.init import init_normal, match_logical_axes
-from pangu.common.layers import Embedding, Linear, RMSNorm, dtype_of
+from pangu.common.attention import GQAttention
+from pangu.common.causal_lm import CausalLM
+from pangu.common.init import init_normal
+from pangu.common.layers import Embedding, RMSNorm, dtype_of
+from pangu.common.losses import masked_cross_entropy
 from pangu.common.moe import MoE, MoGERouter
 from pangu.pro_moe.config import PanguProMoEConfig
 
@@ -105,8 +107,9 @@ class PanguProMoEModel(nn.Cell):
         return self.norm(h), tuple(new_ks), tuple(new_vs)
 
 
-class PanguProMoEForCausalLM(nn.Cell):
-    """Model contract: construct -> logits [B, S, V] fp32; loss -> (total, METRIC_NAMES tuple).
+class PanguProMoEForCausalLM(CausalLM):
+    """Model contract: construct -> logits [B, S, V] fp32; loss -> (total, METRIC_NAMES tuple);
+    logits / prefill / decode_step from pangu.common.causal_lm.CausalLM.
 
     aux_loss = router_aux_loss_coef * mean over layers of sum_i f_i p_i; imbalance = mean over
     layers of the imbalance score with M = G devices (0 by construction for MoGE).
@@ -120,45 +123,12 @@ class PanguProMoEForCausalLM(nn.Cell):
         self.config = cfg
         with impl_scope(cfg.ops_impl):      # every op's impl="auto" resolves to cfg.ops_impl
             self.model = PanguProMoEModel(cfg)
-        self.tie = cfg.tie_word_embeddings
-        if not self.tie:
-            self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, False,
-                                  dtype_of(cfg.compute_dtype))
+        self.init_head(cfg.hidden_size, cfg.vocab_size, cfg.tie_word_embeddings, dtype_of(cfg.compute_dtype))
         self.aux_coef = float(cfg.router_aux_loss_coef)
-        self.compute_dtype = dtype_of(cfg.compute_dtype)
-        self.matmul_t = ops.MatMul(transpose_b=True)
-
-    def _logits(self, h_BSH):
-        if self.tie:
-            b, s, hd = h_BSH.shape
-            w = self.model.embed_tokens.weight.astype(self.compute_dtype)
-            out = self.matmul_t(h_BSH.reshape(-1, hd).astype(self.compute_dtype), w)
-            return out.reshape(b, s, -1).astype(ms.float32)
-        return self.lm_head(h_BSH).astype(ms.float32)
-
-    def construct(self, input_ids, position_ids, segment_ids):
-        h, _, _ = self.model(input_ids, position_ids, segment_ids)
-        return self._logits(h)
-
-    def prefill(self, input_ids, position_ids, segment_ids):
-        """KV-cache prefill: (logits [B,T,V] = construct's, cache (ks, vs, valid_BT))."""
-        h, ks, vs = self.model.prefill(input_ids, position_ids, segment_ids)
-        return self._logits(h), (ks, vs, (segment_ids != 0).astype(ms.int32))
-
-    def decode_step(self, input_ids_B1, position_ids_B1, index_B, cache):
-        """One new token per row at column index_B: (logits [B,1,V], updated cache)."""
-        ks, vs, valid_BT = cache
-        valid_BT = mark_valid(valid_BT, index_B)
-        h, ks, vs = self.model.decode(input_ids_B1, position_ids_B1, index_B, ks, vs, valid_BT)
-        return self._logits(h), (ks, vs, valid_BT)
 
     def loss(self, input_ids, labels, loss_mask, position_ids, segment_ids):
         h, balance, imbalance = self.model(input_ids, position_ids, segment_ids)
-        logits = self._logits(h)
-        logp = ops.log_softmax(logits, -1)
-        nll = -ops.gather_elements(logp, 2, labels.astype(ms.int32)[:, :, None]).squeeze(-1)
-        mask = loss_mask.astype(ms.float32)
-        lm_loss = (nll * mask).sum() / ops.maximum(mask.sum(), 1.0)
+        lm_loss = masked_cross_entropy(self.logits(h), labels, loss_mask)
         aux_loss = self.aux_coef * balance
         total = lm_loss + aux_loss
         return total, (lm_loss, aux_loss, ops.stop_gradient(imbalance))
@@ -172,45 +142,3 @@ def init_weights(model, cfg: PanguProMoEConfig, seed=None):
 def build_model(cfg: PanguProMoEConfig, seed=None):
     """Instantiate and initialise a Pangu Pro MoE model."""
     return init_weights(PanguProMoEForCausalLM(cfg), cfg, seed)
-
-
-def count_parameters(cfg: PanguProMoEConfig):
-    """Analytic (total, active): active = total minus the routed experts a token does NOT use."""
-    h, v, L = cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers
-    q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
-    attn = h * q + 2 * h * kv + q * h
-    if cfg.attention_bias:
-        attn += q + 2 * kv + h
-    norms = 2 * h
-    router = cfg.num_experts * h + cfg.num_experts
-    expert = 3 * h * cfg.moe_intermediate_size
-    shared = 3 * h * cfg.shared_expert_intermediate_size
-    layer = attn + norms + router + cfg.num_experts * expert + shared
-    embed = v * h * (1 if cfg.tie_word_embeddings else 2)
-    total = embed + L * layer + h
-    active = total - L * (cfg.num_experts - cfg.num_experts_per_tok) * expert
-    return total, active
-
-
-# Logical axis names per parameter (metadata for parallel_strategies; the math never reads it).
-LOGICAL_AXES = (
-    ("embed_tokens.weight", ("vocab", "embed")),
-    ("lm_head.weight", ("vocab", "embed")),
-    ("q_proj.weight", ("heads", "embed")), ("q_proj.bias", ("heads",)),
-    ("k_proj.weight", ("kv_heads", "embed")), ("k_proj.bias", ("kv_heads",)),
-    ("v_proj.weight", ("kv_heads", "embed")), ("v_proj.bias", ("kv_heads",)),
-    ("o_proj.weight", ("embed", "heads")), ("o_proj.bias", ("embed",)),
-    ("gate.weight", ("expert", "embed")), ("gate.router_scale", (None, "expert")),
-    ("experts.gate_proj", ("expert", "mlp", "embed")),
-    ("experts.up_proj", ("expert", "mlp", "embed")),
-    ("experts.down_proj", ("expert", "embed", "mlp")),
-    ("shared_expert.gate_proj.weight", ("mlp", "embed")),
-    ("shared_expert.up_proj.weight", ("mlp", "embed")),
-    ("shared_expert.down_proj.weight", ("embed", "mlp")),
-    ("norm.weight", ("embed",)), ("layernorm.weight", ("embed",)),
-)
-
-
-def logical_axes(model) -> dict:
-    """{parameter name: tuple of logical axis names} for every parameter of `model`."""
-    return match_logical_axes(model, LOGICAL_AXES)

@@ -21,6 +21,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from pangu.shape import ModelShape
+
 AUX_LOSS_SCOPES = ("micro_batch", "ep_group", "global")
 
 
@@ -245,3 +247,18 @@ def count_parameters(config: PanguUltraMoEConfig, include_mtp: bool = False) -> 
         total += c.num_mtp_layers * t
         active += c.num_mtp_layers * a
     return total, active
+
+
+def model_shape(c: PanguUltraMoEConfig) -> ModelShape:
+    """The planner's view: MLA, the first num_dense_layers dense, sigmoid top-k MoE, MTP layers."""
+    return ModelShape(
+        arch="pangu_ultra_moe", vocab_size=c.vocab_size, hidden_size=c.hidden_size,
+        num_layers=c.num_hidden_layers, num_heads=c.num_attention_heads, num_kv_heads=c.num_attention_heads,
+        head_dim=c.qk_head_dim, v_head_dim=c.attention_v_dim, attention="mla",
+        q_lora_dim=c.attention_q_lora_dim, kv_lora_dim=c.attention_kv_lora_dim,
+        qk_nope_dim=c.attention_qk_dim, qk_rope_dim=c.attention_qk_rope_dim,
+        num_experts=c.num_routed_experts, num_expert_groups=1, top_k=c.num_experts_per_tok,
+        moe_ffn=c.moe_intermediate_size, shared_ffn=c.num_shared_experts * c.moe_intermediate_size,
+        dense_ffn=c.intermediate_size, num_dense_layers=c.num_dense_layers, num_mtp_layers=c.num_mtp_layers,
+        expert_bias=c.router_enable_expert_bias, sandwich_norm=c.sandwich_norm,
+        tie_word_embeddings=c.tie_word_embeddings)

@@ -1,5 +1,5 @@
-"""Name + layout maps between our MindSpore parameters and the serving layout
-(`PanguUltraMoEForCausalLM`, model_type "pangu_ultra_moe"; vLLM openpangu / openpangu_mtp).
+"""Pangu Ultra MoE <-> its serving layout (`PanguUltraMoEForCausalLM`, model_type "pangu_ultra_moe";
+vLLM openpangu / openpangu_mtp).
 
 Ours == serving except:
   model.layers.N.mlp.experts.{gate,up,down}_proj  stacked [E, out, in]
@@ -16,25 +16,17 @@ import re
 
 import numpy as np
 
-from pangu.common.expert_layout import collect_per_expert, model_state, split_stacked, stack_per_expert
+from pangu.common.expert_layout import from_serving, to_serving
+from pangu.spec import ServingLayout
+from pangu.ultra_moe.config import PanguUltraMoEConfig
 
-__all__ = ["to_hf", "from_hf", "hf_config", "model_state"]
 _MTP_COPIES = re.compile(r"^model\.layers\.(\d+)\.(embed_tokens\.weight|shared_head\.head\.weight)$")
 _LOAD_SUFFIX = ".mlp.gate.expert_load"
 
 
-def to_hf(state: dict, cfg) -> dict:
+def to_hf(state: dict, cfg: PanguUltraMoEConfig) -> dict:
     """Our {name: array} -> serving {name: array}."""
-    out = {}
-    for name, value in state.items():
-        value = np.asarray(value)
-        split = split_stacked(name, value)
-        if split is not None:
-            out.update(split)
-        elif name.endswith(_LOAD_SUFFIX):
-            continue
-        else:
-            out[name] = value
+    out = to_serving(state, drop=(_LOAD_SUFFIX,))
     head = state["model.embed_tokens.weight"] if cfg.tie_word_embeddings else state["lm_head.weight"]
     for i in range(cfg.num_mtp_layers):
         n = cfg.num_hidden_layers + i
@@ -43,38 +35,30 @@ def to_hf(state: dict, cfg) -> dict:
     return out
 
 
-def from_hf(state: dict, cfg) -> dict:
+def from_hf(state: dict, cfg: PanguUltraMoEConfig) -> dict:
     """Serving {name: array} -> our {name: array} (per-expert weights stacked in expert order)."""
-    out, experts = {}, {}
-    for name, value in state.items():
-        value = np.asarray(value)
-        if collect_per_expert(name, value, experts) or _MTP_COPIES.match(name):
-            continue  # MTP copies are shared with the main model
-        out[name] = value
-    out.update(stack_per_expert(experts))
+    out = from_serving(state, skip=_MTP_COPIES)   # MTP copies are shared with the main model
     if cfg.router_bias_update_rate > 0:
         for i in range(cfg.num_dense_layers, cfg.num_hidden_layers + cfg.num_mtp_layers):
             out[f"model.layers.{i}{_LOAD_SUFFIX}"] = np.zeros(cfg.num_routed_experts, np.float32)
     return out
 
 
-def hf_config(cfg) -> dict:
+def hf_config(cfg: PanguUltraMoEConfig) -> dict:
     """config.json for the serving stack."""
     return cfg.to_hf_dict()
 
 
+def config_from_hf(d: dict, names=None) -> PanguUltraMoEConfig:
+    """config.json (+ the serving tensor names; None: the config alone, e.g. for planning) -> our config."""
+    cfg = PanguUltraMoEConfig.from_hf_dict(d)
+    if names is None:
+        return cfg
+    # config.json has no key for the selection bias; the checkpoint either has it or not
+    has_bias = any(n.endswith(".mlp.gate.e_score_correction_bias") for n in names)
+    return cfg.replace(router_enable_expert_bias=has_bias,
+                       router_bias_update_rate=cfg.router_bias_update_rate if has_bias else 0.0)
 
-def load_state(model, state: dict) -> None:
-    """Copy {our name: array} into `model` (shapes and name sets must match exactly)."""
-    from mindspore import Tensor
-    params = dict(model.parameters_and_names())
-    missing = sorted(set(params) - set(state))
-    extra = sorted(set(state) - set(params))
-    if missing or extra:
-        raise ValueError(f"state: names differ from the model (missing {missing[:3]}, unexpected "
-                         f"{extra[:3]}); convert with from_hf and the matching config")
-    for name, p in params.items():
-        if tuple(p.shape) != tuple(state[name].shape):
-            raise ValueError(f"{name}: shape {state[name].shape} != model {tuple(p.shape)}; "
-                             "check the config matches the checkpoint")
-        p.set_data(Tensor(np.asarray(state[name], np.float32)))
+
+SERVING = ServingLayout(model_type="pangu_ultra_moe", architecture="PanguUltraMoEForCausalLM", to_hf=to_hf,
+                        from_hf=from_hf, config_to_hf=hf_config, config_from_hf=config_from_hf)

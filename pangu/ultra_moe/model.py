@@ -24,20 +24,21 @@ import mindspore as ms
 from mindspore import nn, ops
 
 import ops.moe as moe_ops
-from ops._dispatch import impl_scope
+from ops import impl_scope
 from ops.attention import resolve_impl as attention_impl
 from ops.rope import resolve_impl as rope_impl
-from pangu.common.attention import mark_valid
-from pangu.common.init import init_normal, match_logical_axes
-from pangu.common.layers import Embedding, Linear, RMSNorm, dtype_of
+from pangu.common.causal_lm import CausalLM
+from pangu.common.init import init_normal
+from pangu.common.layers import Embedding, RMSNorm, dtype_of
+from pangu.common.losses import masked_cross_entropy
 from pangu.common.mla import MultiHeadLatentAttention, mla_rotary_tables
 from pangu.common.mlp import SwiGLUMLP
 from pangu.common.moe import MoE
-from pangu.common.mtp import MTPLayerMixin, masked_cross_entropy, mtp_targets, shift_left
+from pangu.common.mtp import MTPLayerMixin, mtp_targets, shift_left
 from pangu.common.routers import (ScopedBalanceLoss, SigmoidTopKRouter, apply_expert_bias_update,
                                   balance_reduce_group, reset_expert_load)
 from pangu.common.sandwich import init_dssn_post_norms, init_tiny
-from pangu.ultra_moe.config import PanguUltraMoEConfig, count_parameters  # noqa: F401 (re-export)
+from pangu.ultra_moe.config import PanguUltraMoEConfig
 
 
 class UltraMoE(MoE):
@@ -198,10 +199,11 @@ class PanguUltraMoEModel(nn.Cell):
         return self.norm(h), tuple(new_cs), tuple(new_ks)
 
 
-class PanguUltraMoEForCausalLM(nn.Cell):
-    """Model contract (plan/CONTRACTS.md): construct -> main logits [B,S,V] fp32 (MTP skipped);
-    loss -> (total, metrics named by METRIC_NAMES). Parameter names = serving layout except the
-    stacked routed experts and the `expert_load` buffers (see convert.py)."""
+class PanguUltraMoEForCausalLM(CausalLM):
+    """Model contract: construct -> main logits [B,S,V] fp32 (MTP skipped); loss -> (total, metrics
+    named by METRIC_NAMES); logits / prefill / decode_step from pangu.common.causal_lm.CausalLM (the
+    KV cache holds MLA's compressed latent, see pangu.common.mla). Parameter names = serving layout
+    except the stacked routed experts and the `expert_load` buffers (see convert.py)."""
 
     METRIC_NAMES = ("lm_loss", "aux_loss", "mtp_loss", "imbalance")
 
@@ -211,11 +213,7 @@ class PanguUltraMoEForCausalLM(nn.Cell):
         self.config = cfg
         with impl_scope(cfg.ops_impl):      # every op's impl="auto" resolves to cfg.ops_impl
             self.model = PanguUltraMoEModel(cfg, reduce_group)
-        self.tie = cfg.tie_word_embeddings
-        self.compute_dtype = dtype_of(cfg.compute_dtype)
-        if not self.tie:
-            self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, False, self.compute_dtype)
-        self.matmul_t = ops.MatMul(transpose_b=True)
+        self.init_head(cfg.hidden_size, cfg.vocab_size, cfg.tie_word_embeddings, dtype_of(cfg.compute_dtype))
         self.aux_coef = float(cfg.router_aux_loss_coef)
         self.mtp_weight = float(cfg.mtp_loss_weight)
         self.num_layers = cfg.num_hidden_layers
@@ -224,34 +222,9 @@ class PanguUltraMoEForCausalLM(nn.Cell):
         mtp_moe = cfg.num_dense_layers < cfg.num_hidden_layers
         self.num_moe_total = self.num_moe_main + (self.num_mtp if mtp_moe else 0)
 
-    def _logits(self, h_BSH):
-        if self.tie:
-            b, s, hd = h_BSH.shape
-            w = self.model.embed_tokens.weight.astype(self.compute_dtype)
-            out = self.matmul_t(h_BSH.reshape(-1, hd).astype(self.compute_dtype), w)
-            return out.reshape(b, s, -1).astype(ms.float32)
-        return self.lm_head(h_BSH).astype(ms.float32)
-
-    def construct(self, input_ids, position_ids, segment_ids):
-        h, _, _ = self.model(input_ids, position_ids, segment_ids)
-        return self._logits(h)
-
-    def prefill(self, input_ids, position_ids, segment_ids):
-        """KV-cache prefill: (logits [B,T,V] = construct's, cache (c per layer, k_rope per layer,
-        valid_BT)); the cache holds MLA's compressed latent (see pangu.common.mla)."""
-        h, cs, ks = self.model.prefill(input_ids, position_ids, segment_ids)
-        return self._logits(h), (cs, ks, (segment_ids != 0).astype(ms.int32))
-
-    def decode_step(self, input_ids_B1, position_ids_B1, index_B, cache):
-        """One new token per row at column index_B: (logits [B,1,V], updated cache)."""
-        cs, ks, valid_BT = cache
-        valid_BT = mark_valid(valid_BT, index_B)
-        h, cs, ks = self.model.decode(input_ids_B1, position_ids_B1, index_B, cs, ks, valid_BT)
-        return self._logits(h), (cs, ks, valid_BT)
-
     def loss(self, input_ids, labels, loss_mask, position_ids, segment_ids):
         h, balance, imbalance = self.model(input_ids, position_ids, segment_ids)
-        lm_loss = masked_cross_entropy(self._logits(h), labels, loss_mask)
+        lm_loss = masked_cross_entropy(self.logits(h), labels, loss_mask)
         mtp_loss = ops.zeros((), ms.float32)
         if self.num_mtp > 0:
             cos, sin = mla_rotary_tables(position_ids, self.model.rope_dim, self.model.rope_theta)
@@ -263,7 +236,7 @@ class PanguUltraMoEForCausalLM(nn.Cell):
                 h_prev, b, _ = layer(x, cos, sin, segment_ids)
                 balance = balance + b
                 labels_d, mask_d = mtp_targets(labels, loss_mask, segment_ids, d)
-                logits_d = self._logits(layer.shared_head(h_prev))
+                logits_d = self.logits(layer.shared_head(h_prev))
                 mtp_loss = mtp_loss + masked_cross_entropy(logits_d, labels_d, mask_d)
             mtp_loss = mtp_loss / self.num_mtp
         aux_loss = self.aux_coef * balance / max(self.num_moe_total, 1)
@@ -299,44 +272,17 @@ def init_weights(model, cfg: PanguUltraMoEConfig, seed=None):
     return model
 
 
+def instantiate(cfg: PanguUltraMoEConfig):
+    """The model (values set by init_weights). The balance-loss communication group is resolved here
+    (once, outside any graph) from cfg.aux_loss_scope: identity unless mindspore.communication is up."""
+    return PanguUltraMoEForCausalLM(cfg, balance_reduce_group(cfg.aux_loss_scope, cfg.aux_loss_ep_size))
+
+
 def build_model(cfg: PanguUltraMoEConfig, seed=None):
-    """Instantiate + initialise. The balance-loss communication group is resolved here (once,
-    outside any graph) from cfg.aux_loss_scope: identity unless mindspore.communication is up."""
-    group = balance_reduce_group(cfg.aux_loss_scope, cfg.aux_loss_ep_size)
-    return init_weights(PanguUltraMoEForCausalLM(cfg, group), cfg, seed)
+    """Instantiate + initialise."""
+    return init_weights(instantiate(cfg), cfg, seed)
 
 
 def count_trainable(model) -> int:
     """Number of trained parameters of an instantiated model (buffers excluded)."""
     return sum(int(p.size) for p in model.trainable_params())
-
-
-# Logical axis names per parameter (metadata for parallel_strategies; the math never reads it).
-# First matching suffix wins, so the specific names come before the generic norm rules.
-LOGICAL_AXES = (
-    ("embed_tokens.weight", ("vocab", "embed")),
-    ("lm_head.weight", ("vocab", "embed")),
-    ("q_a_proj.weight", ("q_lora", "embed")),
-    ("q_a_layernorm.weight", ("q_lora",)),
-    ("q_b_proj.weight", ("heads", "q_lora")),
-    ("kv_a_proj_with_mqa.weight", ("kv_lora", "embed")),
-    ("kv_a_layernorm.weight", ("kv_lora",)),
-    ("kv_b_proj.weight", ("heads", "kv_lora")),
-    ("o_proj.weight", ("embed", "heads")),
-    ("mlp.gate.weight", ("expert", "embed")),
-    ("mlp.gate.e_score_correction_bias", ("expert",)),
-    ("mlp.gate.expert_load", ("expert",)),
-    ("experts.gate_proj", ("expert", "mlp", "embed")),
-    ("experts.up_proj", ("expert", "mlp", "embed")),
-    ("experts.down_proj", ("expert", "embed", "mlp")),
-    ("gate_proj.weight", ("mlp", "embed")),         # dense MLP and shared_experts
-    ("up_proj.weight", ("mlp", "embed")),
-    ("down_proj.weight", ("embed", "mlp")),
-    ("eh_proj.weight", ("embed", None)),             # [H, 2H]: MTP input projection
-    ("norm.weight", ("embed",)), ("layernorm.weight", ("embed",)),
-)
-
-
-def logical_axes(model) -> dict:
-    """{parameter name: tuple of logical axis names} for every parameter of `model`."""
-    return match_logical_axes(model, LOGICAL_AXES)

@@ -1,11 +1,12 @@
 """The built-in data pipeline: synthetic or JSONL text (or chat conversations) → sentencepiece → packed rows → MindRecord.
 
 Entry point: `build_dataset(DataConfig(...), split="train" | "val") -> PackedDataset`, whose
-`batches(batch_size, start=position, seed=...)` yields dicts of the batch contract (CONTRACTS.md).
+`batches(batch_size, start=position, seed=...)` yields dicts of the batch contract (`BATCH_KEYS`, recipes/data/packing.py).
 """
 
 from recipes.data.config import DataConfig
-from recipes.data.dataset import BUILD_EVENTS, PackedDataset, build_conversations, build_dataset, resolve_cache_dir
+from recipes.data.dataset import (BUILD_EVENTS, PackedDataset, build_conversations, build_dataset, load_tokenizer,
+                                  resolve_cache_dir)
 from recipes.data.jsonl import read_jsonl_texts
 from recipes.data.packing import BATCH_KEYS, pack_documents
 from recipes.data.sft import Conversation, encode_conversations, render
@@ -25,6 +26,7 @@ __all__ = [
     "build_dataset",
     "encode_conversations",
     "generate_corpus",
+    "load_tokenizer",
     "pack_documents",
     "read_jsonl_texts",
     "render",

@@ -345,6 +345,15 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> PackedDataset:
     return PackedDataset(rows, meta, tokenizer, split, entry, seed=cfg.seed)
 
 
+def load_tokenizer(cfg: DataConfig) -> Tokenizer:
+    """The tokenizer a run with data config `cfg` trains with (from the cache; trained again only on a
+    cold cache), without packing any rows."""
+    cfg.validate()
+    cache_dir = resolve_cache_dir(cfg.cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return _get_tokenizer(cfg, cache_dir, _Corpus(cfg))
+
+
 def build_conversations(cfg: DataConfig, split: str = "val") -> list[sft.Conversation]:
     """The conversations of `split` of a chat source (`sft` | `chat_jsonl`), e.g. to evaluate on."""
     cfg.validate()

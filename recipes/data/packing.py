@@ -1,6 +1,6 @@
 """Greedy packing of tokenized documents into fixed-length rows that follow the batch contract.
 
-Shapes: N = rows, S = seq_length. Output arrays (the keys of the batch contract, CONTRACTS.md):
+Shapes: N = rows, S = seq_length. Output arrays (the keys of the batch contract, `BATCH_KEYS`):
 
     input_ids_NS     int32    tokens; documents are `tokens + [eod]`, rows are padded with pad_id
     labels_NS        int32    next token of the same document, 0 where there is none

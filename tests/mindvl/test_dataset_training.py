@@ -9,8 +9,8 @@ import mindspore as ms
 import mindvl
 from mindvl.config import PRESETS, count_parameters
 from mindvl.dataset import MindVLDataConfig, MultimodalPackedDataset
-from mindvl.model import MindVL
-from pangu import registry
+from mindvl.model import MindVL, build_model
+import models
 
 CFG = dict(num_samples=12, num_val_samples=5, seq_length=384, max_patches=256, max_pixels=84 * 84,
            min_pixels=28 * 28, min_side=40, max_side=120)
@@ -38,23 +38,20 @@ def test_count_parameters_matches_model_and_registry_spec():
     model = MindVL(cfg, attention_impl="reference")
     real = sum(int(np.prod(p.shape)) for p in model.get_parameters())
     assert count_parameters(cfg)[0] == real
-    registry.register("mindvl", mindvl.ARCH_SPEC)
-    try:
-        c = registry.get_config("mindvl", "tiny", vocab_size=300)
-        assert c.text_config().vocab_size == 300
-        assert registry.count_parameters(c)[0] < real           # smaller vocab
-    finally:
-        registry.ARCHS.pop("mindvl", None)
+    assert models.get_spec("mindvl") is mindvl.SPEC
+    c = models.get_config("mindvl", "tiny", vocab_size=300)
+    assert c.text_config().vocab_size == 300
+    assert models.count_parameters(c)[0] < real           # smaller vocab
 
 
 def test_warmup_step_trains_merger_only():
-    from recipes.config import OptimizerConfig
-    from recipes.optim import AdamW
+    from recipes.engine.config import OptimizerConfig
+    from recipes.engine.optim import AdamW
     from mindspore import Tensor
 
     cfg = PRESETS["tiny"]()
     cfg.text_overrides = {"attention_impl": "reference"}
-    model = MindVL(cfg, attention_impl="reference")
+    model = build_model(cfg, seed=0, attention_impl="reference")
     freeze = [re.compile(r"^visual\.(patch_embed|blocks)\."), re.compile(r"^language_model\.")]
     for p in model.get_parameters():
         if any(r.search(p.name) for r in freeze):

@@ -10,13 +10,19 @@ from mindvl import convert
 from mindvl.config import PRESETS
 from mindvl.data import SyntheticDataset, encode_example
 from mindvl.evaluate import accuracy, at_budget, resolution_search
-from mindvl.model import MindVL
+from mindvl.model import build_model
 from mindvl.processor import ByteTokenizer, ImageProcessor
+from recipes.io.hf import export_state
 
 
 @pytest.fixture(scope="module")
 def model():
-    return MindVL(PRESETS["tiny"](), attention_impl="reference", seed=1)
+    return build_model(PRESETS["tiny"](), seed=1, attention_impl="reference")
+
+
+def export(model, processor, directory):
+    state = {n: p.asnumpy() for n, p in model.parameters_and_names()}
+    return export_state(model.config, state, directory, processor=processor, overwrite=True, log=lambda *_: None)
 
 
 def load_export(directory):
@@ -29,7 +35,7 @@ def load_export(directory):
 
 def test_export_uses_serving_layout_and_round_trips(model, tmp_path):
     proc = ImageProcessor(max_pixels=112 * 112)
-    convert.export(model, proc, str(tmp_path))
+    export(model, proc, str(tmp_path))
     hf = load_export(tmp_path)
     assert hf["visual.patch_embed.proj.weight"].shape == (32, 3, 2, 14, 14)
     assert "visual.merger.mlp.2.bias" in hf and "visual.blocks.1.attn.qkv.bias" in hf
@@ -39,7 +45,7 @@ def test_export_uses_serving_layout_and_round_trips(model, tmp_path):
     assert sum(cfg["rope_scaling"]["mrope_section"]) == model.text_config.head_dim // 2
     assert ImageProcessor.load(str(tmp_path)).max_pixels == 112 * 112
     ours = {n: p.asnumpy() for n, p in model.parameters_and_names()}
-    back = convert.from_hf(hf, "pangu_pro_moe")
+    back = convert.from_hf(hf, model.config)
     assert set(back) == set(ours)
     for k in ours:
         np.testing.assert_array_equal(back[k], ours[k])
@@ -91,24 +97,37 @@ def test_accuracy_counts_exact_matches(model):
 def test_export_round_trip_with_ultra_decoder(tmp_path):
     cfg = PRESETS["tiny"]()
     cfg.text_arch = "pangu_ultra_moe"
-    model = MindVL(cfg, attention_impl="reference", seed=2)
-    convert.export(model, ImageProcessor(), str(tmp_path))
+    model = build_model(cfg, seed=2, attention_impl="reference")
+    export(model, ImageProcessor(), str(tmp_path))
     hf = load_export(tmp_path)
     assert hf["visual.patch_embed.proj.weight"].shape == (32, 3, 2, 14, 14)
-    back = convert.from_hf(hf, "pangu_ultra_moe", model.text_config)
+    back = convert.from_hf(hf, cfg)
     ours = {n: p.asnumpy() for n, p in model.parameters_and_names()}
     assert set(back) == set(ours)
     for k in ours:
         np.testing.assert_array_equal(back[k], ours[k])
 
 
-def test_search_cli_errors_are_one_line(capsys):
-    from mindvl.evaluate import main
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    pro = os.path.join(repo, "recipes", "pangu_pro_moe", "pretrain_tiny.yaml")
-    assert main([pro]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: {pro}: model.arch is 'pangu_pro_moe'") and err.count("\n") == 1
-    assert main([os.path.join(repo, "recipes", "mindvl", "sft_tiny.yaml"), "--budgets", "3136,lots"]) == 2
+def test_search_cli_errors_are_one_line(capsys, tmp_path):
+    """`python -m recipes.evaluate RUN --resolution-search`: bad budgets and a text run are one line each."""
+    import dataclasses
+
+    import models
+    from recipes.engine.config import dump_yaml, load_recipe
+    from recipes.evaluate import main
+    from recipes.io import rundir
+
+    assert main([str(tmp_path), "--resolution-search", "--budgets", "3136,lots"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --budgets: '3136,lots' is not a comma-separated list") and err.count("\n") == 1
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    run = tmp_path / "pro"
+    recipe, cfg = load_recipe(os.path.join(repo, "recipes", "pangu_pro_moe", "pretrain_tiny.yaml"),
+                              [f"run.root={tmp_path}", "run.name=pro", "model.vocab_size=112"])
+    run.mkdir()
+    dump_yaml(recipe, cfg, str(run / "config.yaml"))
+    model = models.build_model(dataclasses.replace(cfg, attention_impl="reference"), 0)
+    rundir.write_run_checkpoint(str(run), 0, {n: p.asnumpy() for n, p in model.parameters_and_names()}, {}, None)
+    assert main([str(run), "--resolution-search"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --resolution-search: {run} is a pangu_pro_moe run") and err.count("\n") == 1

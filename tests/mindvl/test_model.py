@@ -6,7 +6,7 @@ from mindspore import Tensor
 
 from mindvl.config import PRESETS
 from mindvl.data import SyntheticDataset, collate, encode_example, pack, packing_efficiency
-from mindvl.model import MindVL, batch_args, mrope_tables
+from mindvl.model import MindVL, batch_args, build_model, mrope_tables
 from mindvl.processor import ByteTokenizer, ImageProcessor
 from ops.rope import rotary_tables
 
@@ -27,7 +27,7 @@ def setup():
     proc = ImageProcessor(min_pixels=28 * 28, max_pixels=84 * 84)
     ds = SyntheticDataset(6, "train", seed=3, min_side=40, max_side=100)
     samples = [encode_example(ds[i], proc, tk, template="plain") for i in range(len(ds))]
-    model = MindVL(PRESETS["tiny"](), attention_impl="reference", seed=0)
+    model = build_model(PRESETS["tiny"](), seed=0, attention_impl="reference")
     return tk, samples, model
 
 
@@ -85,7 +85,7 @@ def test_ultra_decoder_plugs_in_with_interleaved_mrope(setup):
     tk, samples, _ = setup
     cfg = PRESETS["tiny"]()
     cfg.text_arch, cfg.text_overrides = "pangu_ultra_moe", {"num_mtp_layers": 0}
-    model = MindVL(cfg, attention_impl="reference", seed=0)
+    model = build_model(cfg, seed=0, attention_impl="reference")
     assert model.rope_layout == "interleaved" and sum(model.mrope_section) == model.rope_dim // 2
     sub = samples[:2]
     packed = model(*batch_args(model, collate(sub, [[0, 1]], SEQ, PATCHES, tk))).asnumpy()[0]
@@ -110,7 +110,7 @@ def test_fast_ops_train_like_reference_ops(setup):
     losses = {}
     for impl in ("fast", "reference"):
         cfg = dataclasses.replace(PRESETS["tiny"](), text_overrides={"ops_impl": impl})
-        model = MindVL(cfg, attention_impl=impl, seed=0)
+        model = build_model(cfg, seed=0, attention_impl=impl)
         opt = nn.SGD(model.trainable_params(), learning_rate=0.1)
         grad_fn = ms.value_and_grad(lambda *b: model.loss(*b)[0], None, opt.parameters)
         args = batch_args(model, batch, model.BATCH_KEYS)

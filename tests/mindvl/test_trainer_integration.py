@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from recipes.config import ConfigError, load_recipe
+from recipes.engine.config import ConfigError, load_recipe
 
 RECIPE = "recipes/mindvl/warmup_tiny.yaml"
 SMALL = ["data.num_samples=12", "data.num_val_samples=4", "data.seq_length=256", "data.max_patches=128",
@@ -40,7 +40,7 @@ def test_bad_mindvl_keys_are_one_line_errors(override, message):
 
 
 def test_warmup_run_keeps_frozen_parameters_bit_identical(tmp_path):
-    from recipes.trainer import Trainer
+    from recipes.engine.trainer import Trainer
 
     recipe, cfg = load_recipe(RECIPE, SMALL + ["train.steps=2", f"run.root={tmp_path}", "run.name=warm"])
     trainer = Trainer(recipe, cfg, log=lambda *_: None)

@@ -81,8 +81,8 @@ def test_unknown_impl_is_one_line_error():
 def test_optimizer_trains_identically_with_kernel_and_reference():
     """The AdamW cell (GRAPH mode, update_if with a clip scale) with optimizer.impl fast vs reference."""
     from mindspore import Parameter
-    from recipes.config import OptimizerConfig
-    from recipes.optim import AdamW
+    from recipes.engine.config import OptimizerConfig
+    from recipes.engine.optim import AdamW
 
     rng = np.random.default_rng(2)
     init = {"w": rng.normal(size=(48, 40)).astype(np.float32), "norm": rng.normal(size=(40,)).astype(np.float32)}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from mindspore import Tensor
 
-from pangu import registry
+import models
 from pangu.generate import generate
 
 V = 48
@@ -18,8 +18,8 @@ PROMPTS = [[5, 9, 11, 30, 7, 2, 40], [17, 3], [8, 8, 21, 33, 12]]
 
 @pytest.fixture(scope="module", params=["pangu_pro_moe", "pangu_ultra_moe"])
 def model(request):
-    cfg = dataclasses.replace(registry.get_config(request.param, "tiny"), vocab_size=V)
-    m = registry.build_model(cfg, seed=3)
+    cfg = dataclasses.replace(models.get_config(request.param, "tiny"), vocab_size=V)
+    m = models.build_model(cfg, seed=3)
     m.set_train(False)
     return m
 
@@ -54,8 +54,8 @@ def test_generate_with_cache_equals_recompute(model):
 
 
 def test_mla_cache_holds_the_compressed_latent():
-    cfg = dataclasses.replace(registry.get_config("pangu_ultra_moe", "tiny"), vocab_size=V)
-    m = registry.build_model(cfg, seed=0)
+    cfg = dataclasses.replace(models.get_config("pangu_ultra_moe", "tiny"), vocab_size=V)
+    m = models.build_model(cfg, seed=0)
     ids = Tensor(np.ones((2, 6), np.int32))
     pos = Tensor(np.tile(np.arange(6, dtype=np.int32), (2, 1)))
     _, (cs, ks, valid) = m.prefill(ids, pos, Tensor(np.ones((2, 6), np.int32)))

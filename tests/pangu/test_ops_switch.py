@@ -14,7 +14,7 @@ import pytest
 import mindspore as ms
 from mindspore import Tensor, nn
 
-from pangu import registry
+import models
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ missing: no CPU kernels")
 
@@ -50,8 +50,8 @@ def batch(rng, vocab, b=2, s=12):
 
 
 def train_losses(arch, ops_impl, data, steps=3):
-    cfg = registry.get_config(arch, "tiny", ops_impl=ops_impl)
-    model = registry.build_model(cfg, seed=1234)
+    cfg = models.get_config(arch, "tiny", ops_impl=ops_impl)
+    model = models.build_model(cfg, seed=1234)
     impls = set(resolved_impls(model).values())
     opt = nn.SGD(model.trainable_params(), learning_rate=0.1)  # small enough to descend on any batch
 
@@ -71,7 +71,7 @@ def train_losses(arch, ops_impl, data, steps=3):
 @pytest.mark.parametrize("arch", ["pangu_pro_moe", "pangu_ultra_moe"])
 def test_fast_ops_train_like_reference(arch):
     seed = int(np.random.SeedSequence().entropy % 2 ** 32)
-    data = batch(np.random.default_rng(seed), registry.get_config(arch, "tiny").vocab_size)
+    data = batch(np.random.default_rng(seed), models.get_config(arch, "tiny").vocab_size)
     fast_impls, fast = train_losses(arch, "fast", data)
     ref_impls, ref = train_losses(arch, "reference", data)
     assert fast_impls == {"fast"}, fast_impls
@@ -82,14 +82,14 @@ def test_fast_ops_train_like_reference(arch):
 
 def test_ops_impl_is_validated():
     with pytest.raises(ValueError, match="ops_impl"):
-        registry.get_config("pangu_pro_moe", "tiny", ops_impl="fastest")
+        models.get_config("pangu_pro_moe", "tiny", ops_impl="fastest")
     with pytest.raises(ValueError, match="ops_impl"):
-        registry.get_config("pangu_ultra_moe", "tiny", ops_impl="fastest")
+        models.get_config("pangu_ultra_moe", "tiny", ops_impl="fastest")
 
 
 def test_per_op_field_overrides_ops_impl():
-    cfg = registry.get_config("pangu_pro_moe", "tiny", ops_impl="reference", attention_impl="fast")
-    impls = resolved_impls(registry.build_model(cfg, seed=0))
+    cfg = models.get_config("pangu_pro_moe", "tiny", ops_impl="reference", attention_impl="fast")
+    impls = resolved_impls(models.build_model(cfg, seed=0))
     attn = {v for k, v in impls.items() if k.endswith("attn_impl")}
     rest = {v for k, v in impls.items() if not k.endswith("attn_impl")}
     assert attn == {"fast"} and rest == {"reference"}

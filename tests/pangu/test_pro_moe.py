@@ -7,16 +7,20 @@ import pytest
 import mindspore as ms
 from mindspore import Tensor, nn
 
-from pangu import registry
+import models
 from pangu.common.moe import MoE, MoGERouter, TopKRouter
 from pangu.common.init import init_normal
-from pangu.pro_moe import PRESETS, PanguProMoEConfig, build_model, count_parameters, logical_axes
+from pangu.pro_moe import PRESETS, SPEC, PanguProMoEConfig, PanguProMoEForCausalLM, build_model, count_parameters
 from pangu.pro_moe import convert
+
+
+def state_of(model):
+    return {n: p.asnumpy() for n, p in model.parameters_and_names()}
 
 
 def tiny(**kw):
     kw.setdefault("attention_impl", "reference")
-    return registry.get_config("pangu_pro_moe", "tiny", **kw)
+    return models.get_config("pangu_pro_moe", "tiny", **kw)
 
 
 def _np_softmax(x):
@@ -100,7 +104,7 @@ def test_counter_equals_instantiated_tiny(tie):
     cfg = tiny(tie_word_embeddings=tie)
     model = build_model(cfg, seed=0)
     real = sum(p.size for p in model.get_parameters())
-    total, active = registry.count_parameters(cfg)
+    total, active = models.count_parameters(cfg)
     assert total == real
     expert = 3 * cfg.hidden_size * cfg.moe_intermediate_size
     unused = cfg.num_hidden_layers * (cfg.num_experts - cfg.num_experts_per_tok) * expert
@@ -117,19 +121,22 @@ def test_parameter_names_are_serving_layout():
               "model.layers.0.mlp.gate.weight",
               "model.layers.0.mlp.shared_expert.down_proj.weight"):
         assert n in names, n
-    hf = convert.to_hf(convert.model_state(model))
+    hf = convert.to_hf(state_of(model))
     assert hf["model.layers.0.mlp.gate.weight"].shape == (8, 64)
     assert hf["model.layers.0.mlp.router_scale"].shape == (1, 8)
     assert hf["model.layers.0.mlp.experts.7.down_proj.weight"].shape == (64, 32)
     assert hf["model.layers.0.mlp.experts.0.gate_proj.weight"].shape == (32, 64)
-    axes = logical_axes(model)
+    axes = {p.name: p.axes for p in SPEC.parameters(tiny())}     # declared where each parameter is made
     assert set(axes) == names
-    assert axes["model.layers.0.mlp.experts.gate_proj"] == ("expert", "mlp", "embed")
+    assert axes["model.layers.0.mlp.experts.gate_proj"] == ("expert", "expert_mlp", "embed")
+    assert axes["model.layers.0.mlp.gate.weight"] == ("router", "embed")
+    assert axes["model.layers.0.mlp.shared_expert.down_proj.weight"] == ("embed", "mlp")
+    assert axes["model.layers.0.self_attn.k_proj.bias"] == ("kv_heads",)
 
 
 def test_convert_round_trip():
     model = build_model(tiny(), seed=3)
-    ours = convert.model_state(model)
+    ours = state_of(model)
     hf = convert.to_hf(ours)
     assert not any(k.endswith("experts.gate_proj") for k in hf)
     back = convert.from_hf(hf)
@@ -143,9 +150,9 @@ def test_convert_round_trip():
 def test_init_is_deterministic_and_follows_rules():
     cfg = tiny()
     ms.set_seed(11)
-    a = convert.model_state(build_model(cfg))
+    a = state_of(build_model(cfg))
     ms.set_seed(11)
-    b = convert.model_state(build_model(cfg))
+    b = state_of(build_model(cfg))
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
     assert (a["model.layers.0.mlp.gate.router_scale"] == 1).all()
@@ -251,22 +258,22 @@ def test_graph_mode_jit_train_step():
 ])
 def test_config_validation_messages(overrides, msg):
     with pytest.raises(ValueError, match=msg):
-        registry.get_config("pangu_pro_moe", "tiny", **overrides)
+        models.get_config("pangu_pro_moe", "tiny", **overrides)
 
 
 def test_config_presets_and_registry():
     full = PRESETS["full"]()
     assert full.num_attention_heads * full.head_dim == full.hidden_size == 5120
-    assert registry.get_config("pangu_pro_moe", "tiny", hidden_size=64,
+    assert models.get_config("pangu_pro_moe", "tiny", hidden_size=64,
                                num_attention_heads=2, head_dim=48).validate()  # N*D != H ok
-    bench = registry.get_config("pangu_pro_moe", "bench")
+    bench = models.get_config("pangu_pro_moe", "bench")
     assert (bench.hidden_size, bench.num_hidden_layers, bench.num_experts,
             bench.num_experts_per_tok) == (512, 4, 16, 4)
     assert bench.max_position_embeddings >= 512
     with pytest.raises(ValueError, match="^num_expert: unknown config field; valid neighbours"):
-        registry.get_config("pangu_pro_moe", "tiny", num_expert=4)
-    with pytest.raises(ValueError, match="^arch: unknown"):
-        registry.get_config("nope", "tiny")
-    assert "pangu_pro_moe" in registry.ARCHS
-    assert isinstance(registry.build_model(tiny()), registry.ARCHS["pangu_pro_moe"]["model_cls"])
+        models.get_config("pangu_pro_moe", "tiny", num_expert=4)
+    with pytest.raises(ValueError, match=r"^model.arch: unknown architecture 'nope'; use one of \["):
+        models.get_config("nope", "tiny")
+    assert models.SPECS["pangu_pro_moe"] is SPEC
+    assert isinstance(models.build_model(tiny()), PanguProMoEForCausalLM)
     assert isinstance(full, PanguProMoEConfig)

@@ -8,7 +8,7 @@ import mindspore as ms
 from mindspore import Tensor
 
 from ops.rope import apply_rope, rotary_tables
-from pangu import registry
+import models
 from pangu.common.mla import MultiHeadLatentAttention
 from pangu.common.mtp import mtp_targets, mtp_targets_np
 from pangu.common.routers import (ScopedBalanceLoss, SigmoidTopKRouter, balance_loss_np,
@@ -17,7 +17,8 @@ from pangu.common.sandwich import dssn_gamma, tiny_init_std
 from pangu.ultra_moe import convert
 from pangu.ultra_moe.config import (PUBLISHED_ACTIVE, PUBLISHED_TOLERANCE, PUBLISHED_TOTAL,
                                     PanguUltraMoEConfig, count_parameters, full, tiny)
-from pangu.ultra_moe.model import build_model, count_trainable, logical_axes
+from pangu.ultra_moe import SPEC
+from pangu.ultra_moe.model import build_model, count_trainable
 
 
 def _rng(seed=0):
@@ -73,9 +74,9 @@ def test_analytic_count_equals_instantiated_tiny(overrides):
 
 
 def test_registry_and_validate_messages():
-    cfg = registry.get_config("pangu_ultra_moe", "tiny", num_experts_per_tok=4)
+    cfg = models.get_config("pangu_ultra_moe", "tiny", num_experts_per_tok=4)
     assert isinstance(cfg, PanguUltraMoEConfig) and cfg.num_experts_per_tok == 4
-    assert registry.count_parameters(full()) == count_parameters(full())
+    assert models.count_parameters(full()) == count_parameters(full())
     with pytest.raises(ValueError, match=r"^num_dense_layers: .*; "):
         tiny().replace(num_dense_layers=9)
     with pytest.raises(ValueError, match=r"^aux_loss_scope: unknown value 'node'; use one of"):
@@ -310,8 +311,12 @@ def test_dssn_and_tiny_init():
 def test_convert_round_trip_and_serving_names():
     cfg = tiny().replace(router_bias_update_rate=0.01)
     model = build_model(cfg, seed=0)
-    ours = convert.model_state(model)
-    assert set(logical_axes(model)) == set(ours)          # every parameter has axis metadata
+    ours = {n: p.asnumpy() for n, p in model.parameters_and_names()}
+    axes = {p.name: p.axes for p in SPEC.parameters(cfg)}    # declared where each parameter is made
+    assert set(axes) == set(ours)
+    assert axes["model.layers.1.mlp.gate.expert_load"] == ("router",)
+    assert axes["model.layers.0.self_attn.kv_b_proj.weight"] == ("heads", "kv_lora")
+    assert axes[f"model.layers.{cfg.num_hidden_layers}.eh_proj.weight"] == ("embed", "mtp_concat")
     hf = convert.to_hf(ours, cfg)
     L, E = cfg.num_hidden_layers, cfg.num_routed_experts
     for name in ("model.layers.0.self_attn.q_a_proj.weight", "model.layers.0.self_attn.kv_a_layernorm.weight",
@@ -333,7 +338,8 @@ def test_convert_round_trip_and_serving_names():
     for n in ours:
         np.testing.assert_array_equal(back[n], ours[n])
     other = build_model(cfg, seed=9)
-    convert.load_state(other, back)
+    for name, p in other.parameters_and_names():
+        p.set_data(ms.Tensor(back[name]))
     batch = _packed_batch(1, 8, cfg.vocab_size, [8])
     a = _t(batch, "input_ids", "position_ids", "segment_ids")
     np.testing.assert_array_equal(other(*a).asnumpy(), model(*a).asnumpy())

@@ -1,8 +1,8 @@
 import math
-import os
 
 import pytest
 
+import models
 from parallel_strategies.apply import auto_parallel_context, mindspore_layouts, parameter_layouts
 from parallel_strategies.launch import msrun_commands
 from parallel_strategies.search import search
@@ -70,6 +70,7 @@ def test_every_parameter_of_full_presets_gets_a_dividing_layout(arch, strategy):
     shapes = parameter_shapes(cfg)
     layouts = parameter_layouts(st, cfg)
     assert [pl.name for pl in layouts] == [n for n, _ in shapes]
+    assert all(pl.logical for pl in layouts)
     for pl in layouts:
         assert all(d % k == 0 for d, k in zip(pl.shape, pl.shards)), pl
         assert 0 <= pl.stage < st.parallel_config.pipeline_stage
@@ -91,11 +92,9 @@ def test_tiny_model_parameters_get_layouts_and_stages():
     st = load_strategy("tiny_cpu_dp2")
     cfg = config_for(st.model)
     cfg_obj = registry_config("pangu_pro_moe", "tiny")
-    if cfg_obj is not None:
-        from pangu import registry
-        names = [(p.name, tuple(p.shape)) for p in registry.build_model(cfg_obj).get_parameters()]
-        layouts = parameter_layouts(st, cfg_obj, names)
-        assert len(layouts) == len(names) and all(pl.replicas == 2 for pl in layouts)   # pure DP x2
+    layouts = parameter_layouts(st, cfg_obj)
+    n = len(list(models.build_model(cfg_obj).get_parameters()))
+    assert len(layouts) == n and all(pl.replicas == 2 for pl in layouts)   # pure DP x2
     kw = auto_parallel_context(st)
     assert kw["device_num"] == 2 and kw["parallel_mode"] == "semi_auto_parallel" and kw["pipeline_stages"] == 1
     kw = auto_parallel_context(load_strategy("pangu_pro_moe_4k_optimised"))
@@ -143,8 +142,6 @@ def test_msrun_multi_node_hostfile(tmp_path):
 def test_cli_simulate_prints_table(capsys):
     from parallel_strategies.__main__ import main
     args = ["simulate", "pangu_pro_moe_4k_optimised"]
-    if registry_config("pangu_pro_moe", "full") is None:
-        args += ["--config-json", os.path.join(os.path.dirname(__file__), "fixtures", "pangu_pro_moe_full.json")]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "| pangu_pro_moe_4k_optimised | 3840 | 8/1/5/5/2xh/96 |" in out

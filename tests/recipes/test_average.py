@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from recipes import average
-from recipes import checkpoint as ck
+from recipes.io import checkpoint as ck
 
 SHAPES = {"model.embed_tokens.weight": (11, 6), "model.layers.0.mlp.experts.up_proj": (4, 3, 6), "model.norm.weight": (6,)}
 
@@ -137,19 +137,20 @@ def test_average_then_export_tiny_model(tmp_path):
     """A real tiny model run: average two checkpoints, export the result (what the pipeline chains)."""
     from test_export import make_run as make_model_run
 
-    from pangu import registry
-    from recipes import export
+    import models
+    from recipes.data import load_tokenizer
+    from recipes.io import hf as hfio
     from recipes.data import DataConfig
 
-    tok = export.tokenizer_for(DataConfig())
+    tok = load_tokenizer(DataConfig())
     run, cfg, model = make_model_run(tmp_path, tok)
     second = {n: p.asnumpy() + 1.0 for n, p in model.parameters_and_names()}
     ck.save(os.path.join(run, "checkpoints"), 9, second, None, {"step": 9}, keep_last=5)
     out = str(tmp_path / "avg")
     average.average(out, "uniform", run=run, last=2, log=lambda *_: None)
     hf = str(tmp_path / "hf")
-    export.export_run(out, hf, log=lambda *_: None)
-    cfg2, state = export.import_hf(hf)
+    hfio.export_run(out, hf, log=lambda *_: None)
+    cfg2, state = hfio.import_hf(hf)
     for name, p in model.parameters_and_names():
         np.testing.assert_allclose(state[name], p.asnumpy() + 0.5, rtol=1e-6, atol=1e-6)
-    assert cfg2.vocab_size == cfg.vocab_size and registry.build_model(cfg2) is not None
+    assert cfg2.vocab_size == cfg.vocab_size and models.build_model(cfg2) is not None

@@ -1,11 +1,11 @@
 """`make bench`'s analytic FLOP count (no timing here: speed targets live in the benchmark only)."""
 
-from pangu import registry
-from recipes.bench import model_flops
+import models
+from recipes.tools.bench import model_flops
 
 
 def test_pro_bench_flops_by_hand():
-    cfg = registry.get_config("pangu_pro_moe", "bench")
+    cfg = models.get_config("pangu_pro_moe", "bench")
     b, s, h = 4, 512, 512
     attn_proj = 512 * 512 + 2 * 512 * 128 + 512 * 512          # q, k, v (2 kv heads x 64), o
     mlp = 16 * 512 + 4 * 3 * 512 * 256 + 3 * 512 * 512          # router, 4 routed experts, shared
@@ -19,11 +19,11 @@ def test_pro_bench_flops_by_hand():
 
 
 def test_ultra_bench_counts_dense_layer_and_mtp():
-    cfg = registry.get_config("pangu_ultra_moe", "bench")
+    cfg = models.get_config("pangu_ultra_moe", "bench")
     flops = model_flops(cfg, 4, 512)
     # MTP reuses the lm_head: two head passes per step
     assert flops["lm_head"] == 3 * 2 * 4 * 512 * cfg.vocab_size * cfg.hidden_size * 2
-    without_mtp = model_flops(registry.get_config("pangu_ultra_moe", "bench", num_mtp_layers=0), 4, 512)
+    without_mtp = model_flops(models.get_config("pangu_ultra_moe", "bench", num_mtp_layers=0), 4, 512)
     assert without_mtp["total"] < flops["total"]
 
 
@@ -31,9 +31,9 @@ def test_mindvl_bench_flops_by_hand():
     """Decoder as the Pro formula + the ViT on the real patches only (padding slots not counted)."""
     import numpy as np
 
-    from recipes.bench import vision_step_stats
+    from recipes.tools.bench import vision_step_stats
 
-    cfg = registry.get_config("mindvl", "bench")
+    cfg = models.get_config("mindvl", "bench")
     v = cfg.vision_config
     c, i, h = v.hidden_size, v.intermediate_size, cfg.text_config().hidden_size
     # one row: image 1 = 8 patches in windows 1 (4) and 2 (4); image 2 = 4 patches in window 3; 4 padding
@@ -54,7 +54,7 @@ def test_mindvl_bench_flops_by_hand():
 def test_bench_ab_variant_spec():
     import pytest
 
-    from recipes.bench_ab import parse_variant
+    from recipes.tools.bench_ab import parse_variant
 
     assert parse_variant("ref|PANGU_OPS_THREADS=2,X=a=b|optimizer.impl=reference train.seed=3") == {
         "name": "ref", "env": {"PANGU_OPS_THREADS": "2", "X": "a=b"},

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from recipes import checkpoint as ck
+from recipes.io import checkpoint as ck
 
 
 def tensors(seed):

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from recipes.config import ConfigError, load_recipe, resolve
+from recipes.engine.config import ConfigError, load_recipe, resolve
 
 TINY = "recipes/pangu_pro_moe/pretrain_tiny.yaml"
 

@@ -21,7 +21,7 @@ import sys
 import numpy as np
 import pytest
 
-from recipes import checkpoint as ck
+from recipes.io import checkpoint as ck
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SETS = ["data.seq_length=64", "train.steps=4", "schedule.warmup_steps=1", "train.eval_batches=1",

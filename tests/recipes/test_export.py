@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from pangu import registry
-from recipes import checkpoint as ck
-from recipes import export, safetensors_io
-from recipes.config import dump_yaml, load_recipe
-from recipes.data import DataConfig
+import models
+from recipes.io import checkpoint as ck
+from recipes import export as export_cli
+from recipes.io import hf as hfio
+from recipes.io import safetensors_io
+from recipes.engine.config import dump_yaml, load_recipe
+from recipes.data import DataConfig, load_tokenizer
 
 ARCHS = ("pangu_pro_moe", "pangu_ultra_moe")
 ALL_ARCHS = ARCHS + ("mindvl",)
@@ -24,7 +26,7 @@ VL_SEQ, VL_PATCHES = 256, 96  # a MindVL batch row: tokens, patch slots
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return export.tokenizer_for(DataConfig())
+    return load_tokenizer(DataConfig())
 
 
 def tiny(arch, tok, **kw):
@@ -32,7 +34,7 @@ def tiny(arch, tok, **kw):
         from mindvl.config import PRESETS
 
         return dataclasses.replace(PRESETS["tiny"](), vocab_size=tok.vocab_size, **kw)
-    return registry.get_config(arch, "tiny", vocab_size=tok.vocab_size, **kw)
+    return models.get_config(arch, "tiny", vocab_size=tok.vocab_size, **kw)
 
 
 def tokenizer_of(arch, text_tokenizer):
@@ -43,19 +45,19 @@ def tokenizer_of(arch, text_tokenizer):
 
 
 def build(arch, cfg, seed):
-    return export.adapter(arch).build_model(cfg, seed)
+    return models.build_model(cfg, seed)
 
 
 def same_config(arch, a, b):
     """Imported MindVL configs spell the decoder as full text_overrides: compare what they describe."""
     if arch == "mindvl":
-        ad = export.adapter(arch)
-        return ad.hf_config(a) == ad.hf_config(b) and a.text_config() == b.text_config()
+        to_hf = models.get_spec(arch).serving.config_to_hf
+        return to_hf(a) == to_hf(b) and a.text_config() == b.text_config()
     return a == b
 
 
 def vl_processor(record=True):
-    """The processor of a tiny MindVL run, with a resolution-search record as mindvl.evaluate writes it."""
+    """The processor of a tiny MindVL run, with a resolution-search record as the search writes it."""
     from mindvl.processor import ImageProcessor
 
     extra = {"resolution_search": {"metric": "validation exact-match accuracy", "chosen_max_pixels": 7056,
@@ -209,7 +211,7 @@ def test_export_import_round_trip_is_exact(arch, tokenizer, tmp_path):
     model = build(arch, cfg, 11)
     want = any_logits(arch, model)
     out = str(tmp_path / "hf")
-    index = export.export_state(cfg, state_of(model), out, tok, "fp32", "40KB", log=lambda *_: None,
+    index = hfio.export_state(cfg, state_of(model), out, tok, "fp32", "40KB", log=lambda *_: None,
                                 processor=vl_processor() if arch == "mindvl" else None)
 
     # exactly the MODELS.md names and [out, in] shapes, all F32, readable by the safetensors library
@@ -223,7 +225,7 @@ def test_export_import_round_trip_is_exact(arch, tokenizer, tmp_path):
     shards = sorted(f for f in os.listdir(out) if f.endswith(".safetensors"))
     n = len(shards)
     assert n > 1 and shards == [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
-    with open(os.path.join(out, export.INDEX_FILE)) as f:
+    with open(os.path.join(out, hfio.INDEX_FILE)) as f:
         assert json.load(f) == index
     assert set(index["weight_map"]) == set(expected)
     total = 0
@@ -235,13 +237,13 @@ def test_export_import_round_trip_is_exact(arch, tokenizer, tmp_path):
     assert index["metadata"]["total_size"] == total == 4 * sum(int(np.prod(s)) for s in expected.values())
 
     # import into a fresh model: identical tensors and identical logits
-    cfg2, state2 = export.import_hf(out)
+    cfg2, state2 = hfio.import_hf(out)
     assert same_config(arch, cfg2, cfg)
     ours = state_of(model)
     assert sorted(state2) == sorted(ours)
     for name, value in ours.items():
         np.testing.assert_array_equal(state2[name], value, err_msg=name)
-    _, model2 = export.import_hf(out, return_model=True)
+    _, model2 = hfio.import_hf(out, return_model=True)
     np.testing.assert_array_equal(any_logits(arch, model2), want)
 
 
@@ -249,7 +251,7 @@ def test_config_and_tokenizer_files(tokenizer, tmp_path):
     for arch in ARCHS:
         cfg = tiny(arch, tokenizer)
         out = str(tmp_path / arch)
-        export.export_state(cfg, state_of(registry.build_model(cfg, seed=0)), out, tokenizer, log=lambda *_: None)
+        hfio.export_state(cfg, state_of(models.build_model(cfg, seed=0)), out, tokenizer, log=lambda *_: None)
         with open(os.path.join(out, "config.json")) as f:
             conf = json.load(f)
         assert conf["torch_dtype"] == "float32"
@@ -306,9 +308,9 @@ def test_bf16_rounding_bits():
 
 def test_bf16_export_header_and_values(tokenizer, tmp_path):
     cfg = tiny("pangu_pro_moe", tokenizer)
-    state = state_of(registry.build_model(cfg, seed=5))
+    state = state_of(models.build_model(cfg, seed=5))
     out = str(tmp_path / "bf16")
-    export.export_state(cfg, state, out, tokenizer, "bf16", "1GB", log=lambda *_: None)
+    hfio.export_state(cfg, state, out, tokenizer, "bf16", "1GB", log=lambda *_: None)
     assert sorted(f for f in os.listdir(out) if f.endswith(".safetensors")) == ["model-00001-of-00001.safetensors"]
     path = os.path.join(out, "model-00001-of-00001.safetensors")
     header = safetensors_io.read_header(path)
@@ -325,7 +327,7 @@ def test_bf16_export_header_and_values(tokenizer, tmp_path):
         assert sl.get_dtype() == "BF16" and sl.get_shape() == [cfg.num_experts, cfg.hidden_size]
     with open(os.path.join(out, "config.json")) as f:
         assert json.load(f)["torch_dtype"] == "bfloat16"
-    cfg2, back = export.import_hf(out)
+    cfg2, back = hfio.import_hf(out)
     from pangu.pro_moe import convert
 
     hf = convert.to_hf(state)
@@ -344,7 +346,7 @@ def _rewrite(out, edit):
     tensors = {n: reader.get(n) for n in reader.names()}
     edit(tensors)
     safetensors_io.write(os.path.join(out, fname), tensors, metadata={"format": "pt"})
-    with open(os.path.join(out, export.INDEX_FILE), "w") as f:
+    with open(os.path.join(out, hfio.INDEX_FILE), "w") as f:
         json.dump({"metadata": {"total_size": 0}, "weight_map": {n: fname for n in tensors}}, f)
 
 
@@ -376,20 +378,20 @@ def test_import_is_strict(arch, tokenizer, tmp_path):
     state = state_of(build(arch, cfg, 0))
     for i, (edit, message) in enumerate(STRICT_CASES[arch]):
         out = str(tmp_path / f"case{i}")
-        export.export_state(cfg, state, out, None, log=lambda *_: None)
+        hfio.export_state(cfg, state, out, None, log=lambda *_: None)
         _rewrite(out, edit)
         with pytest.raises(ValueError) as err:
-            export.import_hf(out)
+            hfio.import_hf(out)
         assert message in str(err.value) and "\n" not in str(err.value)
     out = str(tmp_path / "bad_index")
-    export.export_state(cfg, state, out, None, "fp32", "50KB", log=lambda *_: None)
-    with open(os.path.join(out, export.INDEX_FILE)) as f:
+    hfio.export_state(cfg, state, out, None, "fp32", "50KB", log=lambda *_: None)
+    with open(os.path.join(out, hfio.INDEX_FILE)) as f:
         index = json.load(f)
     index["weight_map"]["lm_head.weight"] = "model-00001-of-00099.safetensors"
-    with open(os.path.join(out, export.INDEX_FILE), "w") as f:
+    with open(os.path.join(out, hfio.INDEX_FILE), "w") as f:
         json.dump(index, f)
     with pytest.raises(ValueError, match="shard model-00001-of-00099.safetensors is missing"):
-        export.import_hf(out)
+        hfio.import_hf(out)
 
 
 # ------------------------------------------------------------------------------------ MINDIR + CLI
@@ -400,7 +402,7 @@ RUN_RECIPE = {"pangu_pro_moe": "recipes/pangu_pro_moe/pretrain_tiny.yaml",
 
 def make_run(tmp_path, tokenizer, arch="pangu_pro_moe", name="run"):
     """A run directory as recipes.run leaves it (config.yaml + one checkpoint), without training; a MindVL
-    run also gets the preprocessor_config.json (with a search record) that mindvl.evaluate writes."""
+    run also gets the preprocessor_config.json (with a search record) that the resolution search writes."""
     recipe, _ = load_recipe(RUN_RECIPE[arch], [f"run.root={tmp_path}", f"run.name={name}"])
     cfg = tiny(arch, tokenizer_of(arch, tokenizer))
     run = tmp_path / name
@@ -419,7 +421,7 @@ def test_cli_and_mindir(tokenizer, tmp_path, capsys):
 
     run, cfg, model = make_run(tmp_path, tokenizer)
     out = str(tmp_path / "hf")
-    assert export.main([run, "--out", out, "--mindir", "--mindir-seq-len", "16"]) == 0
+    assert export_cli.main([run, "--out", out, "--mindir", "--mindir-seq-len", "16"]) == 0
     assert "exported pangu_pro_moe" in capsys.readouterr().out
     assert sorted(os.listdir(out)) == ["config.json", "generation_config.json", "model-00001-of-00001.safetensors",
                                        "model.mindir", "model.safetensors.index.json", "special_tokens_map.json",
@@ -427,20 +429,20 @@ def test_cli_and_mindir(tokenizer, tmp_path, capsys):
     graph = nn.GraphCell(ms.load(os.path.join(out, "model.mindir")))
     ids = np.random.default_rng(3).integers(0, cfg.vocab_size, (1, 16)).astype(np.int32)
     pos, seg = np.arange(16, dtype=np.int32)[None], np.ones((1, 16), np.int32)
-    portable = export.portable_config(cfg)
+    portable = hfio.portable_config(cfg)
     assert portable.attention_impl == "reference"
     assert portable.expert_impl == ("batched" if cfg.expert_impl == "grouped" else cfg.expert_impl)
-    ref = registry.build_model(portable, seed=0)
+    ref = models.build_model(portable, seed=0)
     for name, p in ref.parameters_and_names():
         p.set_data(dict(model.parameters_and_names())[name].data)
     ref.set_train(False)
     want = ref(Tensor(ids), Tensor(pos), Tensor(seg)).asnumpy()
     np.testing.assert_array_equal(graph(Tensor(ids), Tensor(pos), Tensor(seg)).asnumpy(), want)
 
-    assert export.main([run, "--out", out]) == 2  # not empty
+    assert export_cli.main([run, "--out", out]) == 2  # not empty
     assert capsys.readouterr().err.startswith(f"error: --out: {out} is not empty")
-    assert export.main([str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
-    assert export.main([run, "--out", str(tmp_path / "y"), "--shard-size", "lots"]) == 2
+    assert export_cli.main([str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+    assert export_cli.main([run, "--out", str(tmp_path / "y"), "--shard-size", "lots"]) == 2
     err = capsys.readouterr().err
     assert "--shard-size: cannot parse 'lots'" in err and err.count("\n") == 2
 
@@ -449,14 +451,14 @@ def test_cli_and_mindir(tokenizer, tmp_path, capsys):
 def test_import_to_run_then_export_again_is_identical(arch, tokenizer, tmp_path):
     """Hub dir -> our run-like directory (init_from-able) -> Hub dir again: byte-identical files
     (MindVL: also tokenizer.json and preprocessor_config.json with its resolution-search record)."""
-    from recipes import import_hf, weights
+    from recipes.io import rundir
 
     run, cfg, model = make_run(tmp_path, tokenizer, arch)
     first, second, ours = str(tmp_path / "hf1"), str(tmp_path / "hf2"), str(tmp_path / "ours")
-    export.export_run(run, first, shard_size="200KB", log=lambda *_: None)
-    step_dir = import_hf.import_to_run(first, ours, log=lambda *_: None)
+    hfio.export_run(run, first, shard_size="200KB", log=lambda *_: None)
+    step_dir = hfio.import_to_run(first, ours, log=lambda *_: None)
     assert ck.resolve_init_from(ours) == step_dir
-    recipe, cfg2 = weights.load_run_config(ours)
+    recipe, cfg2 = rundir.load_run_config(ours)
     assert same_config(arch, cfg2, cfg)
     if arch == "mindvl":
         assert (recipe.data.min_pixels, recipe.data.max_pixels) == (3136, 7056)
@@ -465,7 +467,7 @@ def test_import_to_run_then_export_again_is_identical(arch, tokenizer, tmp_path)
             "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
     else:
         assert recipe.data.tokenizer_model == os.path.join(ours, "tokenizer.model")
-    export.export_run(ours, second, shard_size="200KB", log=lambda *_: None)
+    hfio.export_run(ours, second, shard_size="200KB", log=lambda *_: None)
     names = sorted(os.listdir(first))
     assert names == sorted(os.listdir(second))
     for name in names:
@@ -484,7 +486,7 @@ def test_mindvl_run_export_files_and_mindir(tokenizer, tmp_path, capsys):
 
     run, cfg, model = make_run(tmp_path, tokenizer, "mindvl")
     out = str(tmp_path / "hf")
-    assert export.main([run, "--out", out, "--shard-size", "300KB", "--mindir", "--mindir-seq-len", str(VL_SEQ),
+    assert export_cli.main([run, "--out", out, "--shard-size", "300KB", "--mindir", "--mindir-seq-len", str(VL_SEQ),
                         "--mindir-patches", str(VL_PATCHES)]) == 0
     assert "exported mindvl" in capsys.readouterr().out
     files = sorted(os.listdir(out))
@@ -497,7 +499,7 @@ def test_mindvl_run_export_files_and_mindir(tokenizer, tmp_path, capsys):
     found = read_all(out)
     assert {n: s for n, (_, s) in found.items()} == expected_mindvl(cfg)
     assert found["visual.patch_embed.proj.weight"] == ("F32", (32, 3, 2, 14, 14))
-    with open(os.path.join(out, export.INDEX_FILE)) as f:
+    with open(os.path.join(out, hfio.INDEX_FILE)) as f:
         assert set(json.load(f)["weight_map"]) == set(found)
 
     # config.json: Qwen2.5-VL keys, nested vision_config, M-RoPE sections, special ids
@@ -550,7 +552,7 @@ def test_mindvl_run_export_files_and_mindir(tokenizer, tmp_path, capsys):
     batch = vl_batch()
     batch = {k: v[:1] for k, v in batch.items()}
     graph = nn.GraphCell(ms.load(os.path.join(out, "model.mindir")))
-    portable = export.portable_config(cfg)
+    portable = hfio.portable_config(cfg)
     assert portable.text_config().attention_impl == portable.text_config().ops_impl == "reference"
     ref = build("mindvl", portable, 0)
     for name, p in ref.parameters_and_names():
@@ -563,26 +565,25 @@ def test_mindvl_run_export_files_and_mindir(tokenizer, tmp_path, capsys):
     # the run without a preprocessor_config.json exports the recipe's pixel budget (no record)
     os.remove(os.path.join(run, "preprocessor_config.json"))
     recipe, _ = load_recipe(RUN_RECIPE["mindvl"])
-    assets = export.adapter("mindvl").run_assets(recipe, run)
+    assets = models.get_spec("mindvl").serving.run_assets(recipe.data, run)
     assert assets["processor"] == recipe.data.processor() and assets["processor"].extra == {}
 
 
 def test_mindvl_assets_refuse_foreign_tokenizer_and_processor(tokenizer, tmp_path):
     """One-line errors: a tokenizer.json that is not the ByteTokenizer, a processor whose patches do not
     fit the ViT (on export and on import)."""
-    from recipes import import_hf
 
     from mindvl.processor import ByteTokenizer, ImageProcessor
 
     cfg = tiny("mindvl", ByteTokenizer())
     state = state_of(build("mindvl", cfg, 0))
     with pytest.raises(ValueError) as err:
-        export.export_state(cfg, state, str(tmp_path / "bad_proc"), ByteTokenizer(), processor=ImageProcessor(
+        hfio.export_state(cfg, state, str(tmp_path / "bad_proc"), ByteTokenizer(), processor=ImageProcessor(
             patch_size=16), log=lambda *_: None)
     assert str(err.value).startswith("preprocessor_config.json: patch_size 16 but the model's "
                                      "vision_config.patch_size is 14") and "\n" not in str(err.value)
     out = str(tmp_path / "hf")
-    export.export_state(cfg, state, out, ByteTokenizer(), processor=vl_processor(), log=lambda *_: None)
+    hfio.export_state(cfg, state, out, ByteTokenizer(), processor=vl_processor(), log=lambda *_: None)
     path = os.path.join(out, "tokenizer.json")
     with open(path, encoding="utf-8") as f:
         tj = json.load(f)
@@ -590,45 +591,45 @@ def test_mindvl_assets_refuse_foreign_tokenizer_and_processor(tokenizer, tmp_pat
     with open(path, "w", encoding="utf-8") as f:
         json.dump(tj, f)
     with pytest.raises(ValueError) as err:
-        import_hf.import_to_run(out, str(tmp_path / "ours"), log=lambda *_: None)
+        hfio.import_to_run(out, str(tmp_path / "ours"), log=lambda *_: None)
     assert str(err.value).endswith("tokenizer.json: model differs from MindVL's ByteTokenizer (byte-level, ids = "
                                    "byte + 7, 7 special tokens); this tokenizer cannot be rebuilt here")
     assert "\n" not in str(err.value)
     out = str(tmp_path / "hf2")
-    export.export_state(cfg, state, out, ByteTokenizer(), processor=vl_processor(), log=lambda *_: None)
+    hfio.export_state(cfg, state, out, ByteTokenizer(), processor=vl_processor(), log=lambda *_: None)
     with open(os.path.join(out, "preprocessor_config.json")) as f:
         pre = json.load(f)
     with open(os.path.join(out, "preprocessor_config.json"), "w") as f:
         json.dump({**pre, "merge_size": 4}, f)
     with pytest.raises(ValueError, match=r"^preprocessor_config.json: merge_size 4 but the model's "
                                          r"vision_config.spatial_merge_size is 2"):
-        import_hf.import_to_run(out, str(tmp_path / "ours2"), log=lambda *_: None)
+        hfio.import_to_run(out, str(tmp_path / "ours2"), log=lambda *_: None)
 
 
 def test_failed_export_leaves_the_previous_export_intact(tokenizer, tmp_path, monkeypatch):
     cfg = tiny("pangu_pro_moe", tokenizer)
-    state = state_of(registry.build_model(cfg, seed=0))
+    state = state_of(models.build_model(cfg, seed=0))
     out = str(tmp_path / "hf")
     quiet = dict(log=lambda *_: None)
 
     def files():
         return {f: open(os.path.join(out, f), "rb").read() for f in sorted(os.listdir(out))}
 
-    export.export_state(cfg, state, out, tokenizer, **quiet)
+    hfio.export_state(cfg, state, out, tokenizer, **quiet)
     before = files()
 
     def disk_full(*_, **__):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(export, "export_mindir", disk_full)   # fails after the shards and configs are written
+    monkeypatch.setattr(hfio, "export_mindir", disk_full)   # fails after the shards and configs are written
     with pytest.raises(OSError, match="No space left"):
-        export.export_state(cfg, state, out, tokenizer, dtype="bf16", mindir=True, overwrite=True, **quiet)
+        hfio.export_state(cfg, state, out, tokenizer, dtype="bf16", mindir=True, overwrite=True, **quiet)
     assert os.listdir(tmp_path) == ["hf"] and files() == before     # no staging dir left, old export kept
     with pytest.raises(OSError, match="No space left"):
-        export.export_state(cfg, state, str(tmp_path / "new"), tokenizer, mindir=True, **quiet)
+        hfio.export_state(cfg, state, str(tmp_path / "new"), tokenizer, mindir=True, **quiet)
     assert os.listdir(tmp_path) == ["hf"]                             # nothing half-written at a new path
     monkeypatch.undo()
-    export.export_state(cfg, state, out, tokenizer, dtype="bf16", overwrite=True, **quiet)
+    hfio.export_state(cfg, state, out, tokenizer, dtype="bf16", overwrite=True, **quiet)
     with open(os.path.join(out, "config.json")) as f:
         assert json.load(f)["torch_dtype"] == "bfloat16"
     assert os.listdir(tmp_path) == ["hf"]

@@ -4,8 +4,8 @@ equals the separate grad / guard / update graphs bit for bit, and skips a non-fi
 import numpy as np
 from mindspore import Tensor
 
-from recipes.config import load_recipe
-from recipes.trainer import Trainer
+from recipes.engine.config import load_recipe
+from recipes.engine.trainer import Trainer
 
 RECIPE = "recipes/pangu_pro_moe/pretrain_tiny.yaml"
 SMALL = ["data.seq_length=64", "train.micro_batch_size=4", "data.num_documents=200"]
@@ -14,7 +14,7 @@ SMALL = ["data.seq_length=64", "train.micro_batch_size=4", "data.num_documents=2
 def make(tmp_path, name, fused):
     recipe, model_cfg = load_recipe(RECIPE, SMALL + [f"run.root={tmp_path}", f"run.name={name}"])
     trainer = Trainer(recipe, model_cfg, log=lambda *_: None)
-    trainer._fused = fused
+    trainer.fused = fused
     return trainer
 
 

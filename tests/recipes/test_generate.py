@@ -11,7 +11,8 @@ import pytest
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from pangu.generate import decode_attention, generate, kv_cache_write, sample_next
+from pangu.common.kv_cache import decode_attention, kv_cache_write
+from pangu.generate import generate, sample_next
 from recipes.evaluate import is_exact_match, score
 
 V = 16
@@ -128,10 +129,10 @@ def test_exact_match_scoring():
 
 
 def test_evaluate_and_generate_cli_on_a_saved_tiny_run(tmp_path, capsys):
-    from pangu import registry
-    from recipes import checkpoint as ckpt_lib
-    from recipes.config import dump_yaml, resolve
-    from recipes.evaluate import load_run
+    import models
+    from recipes.io import checkpoint as ckpt_lib
+    from recipes.engine.config import dump_yaml, resolve
+    from recipes.io.load import load_model
     from recipes.evaluate import main as evaluate_main
     from recipes.generate import main as generate_main
     from recipes.data import build_dataset
@@ -146,11 +147,11 @@ def test_evaluate_and_generate_cli_on_a_saved_tiny_run(tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     dump_yaml(recipe, model_cfg, str(run_dir / "config.yaml"))
-    model = registry.build_model(model_cfg, seed=0)
+    model = models.build_model(model_cfg, seed=0)
     params = {p.name: p.asnumpy() for p in model.get_parameters()}
     ckpt_lib.save(str(run_dir / "checkpoints"), 7, params, None, {"step": 7}, keep_last=1)
 
-    run = load_run(str(run_dir))
+    run = load_model(str(run_dir))
     assert run.step == 7 and run.tokenizer.user_id == 4
     # the real model: the batched recompute path equals one-prompt-at-a-time decoding
     prompts = [run.tokenizer.encode(p) for p in ("<|user|>copy: a b -><|assistant|>", "<|user|>1+2=<|assistant|>")]
@@ -166,4 +167,4 @@ def test_evaluate_and_generate_cli_on_a_saved_tiny_run(tmp_path, capsys):
     assert generate_main([ckpt, "--prompt", "copy: a b ->", "--temperature", "0.8", "--top-p", "0.9",
                           "--max-new-tokens", "3"]) == 0
     assert evaluate_main([str(tmp_path / "nowhere")]) == 2
-    assert "no valid checkpoint" in capsys.readouterr().err
+    assert "nowhere: not found; give a run directory" in capsys.readouterr().err

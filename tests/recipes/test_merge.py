@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from recipes import checkpoint as ck
+from recipes.io import checkpoint as ck
 from recipes import merge_ranks as mr
 
 FULL = {"model.embed_tokens.weight": (10, 4), "model.layers.0.mlp.experts.up_proj": (6, 3, 4), "model.norm.weight": (4,)}

@@ -86,7 +86,7 @@ def test_two_stage_pipeline_chains_evaluates_and_resumes(tmp_path):
 
 
 def _train_recipe(stage):
-    from recipes.config import load_recipe
+    from recipes.engine.config import load_recipe
 
     return load_recipe(stage.recipe, ["init_from=null", *stage.overrides])[0]
 
@@ -115,9 +115,9 @@ def test_model_pipeline_specs_chain(model):
 
 def test_mindvl_pipeline_is_scored_by_the_arch_hook():
     """MindVL: its own run names (never the hand-run runs/*_tiny), evaluated stages multitask/sft/average,
-    scored through the registry `evaluate` hook on the SFT recipe's validation split."""
-    from pangu import registry
-    from recipes.config import load_recipe
+    scored through its ModelSpec's `evaluate` hook on the SFT recipe's validation split."""
+    import models
+    from recipes.engine.config import load_recipe
 
     spec = load_spec(os.path.join(REPO, "recipes", "mindvl", "pipeline.yaml"))
     assert [s.name for s in spec.stages] == ["warmup", "multitask", "sft", "average", "search", "export"]
@@ -127,19 +127,19 @@ def test_mindvl_pipeline_is_scored_by_the_arch_hook():
     assert [_train_recipe(s).run.name for s in train] == ["mindvl_warmup", "mindvl_multitask", "mindvl_sft"]
     recipe, _ = load_recipe(spec.eval_data_from, ["init_from=null"])
     assert recipe.model.arch == "mindvl" and recipe.data.template == "chat"
-    assert registry.get_spec("mindvl")["evaluate"].__name__ == "evaluate_dataset"
+    assert models.get_spec("mindvl").evaluate.__name__ == "evaluate_dataset"
 
 
 def _untrained_vl_run(run, recipe, cfg):
     """A MindVL run directory as 3 training steps would leave it (config.yaml + a step-3 checkpoint),
     holding an untrained model; returns (run, model)."""
-    from pangu import registry
-    from recipes import checkpoint as ck
-    from recipes.config import dump_yaml
+    import models
+    from recipes.io import checkpoint as ck
+    from recipes.engine.config import dump_yaml
 
     os.makedirs(run)
     dump_yaml(recipe, cfg, str(run / "config.yaml"))
-    model = registry.build_model(cfg, seed=4)
+    model = models.build_model(cfg, seed=4)
     ck.save(str(run / "checkpoints"), 3, {n: p.asnumpy() for n, p in model.parameters_and_names()}, None,
             {"step": 3}, keep_last=1)
     return run, model
@@ -153,7 +153,7 @@ def test_arch_evaluator_scores_mindvl_run_per_task(tmp_path):
     from mindvl.config import PRESETS
     from mindvl.evaluate import evaluate_dataset
     from mindvl.dataset import MultimodalPackedDataset
-    from recipes.config import load_recipe
+    from recipes.engine.config import load_recipe
     from recipes.pipeline import Evaluator, format_task_table
 
     small = {"num_val_samples": 6, "num_samples": 4, "seq_length": 256, "max_patches": 96}
@@ -189,11 +189,11 @@ def test_arch_evaluator_scores_mindvl_run_per_task(tmp_path):
 
 
 def test_search_stage_records_the_resolution_the_export_carries(tmp_path):
-    """A search stage runs mindvl.evaluate on its source run in place (preprocessor_config.json with the
+    """A search stage runs the resolution search (recipes.evaluate) on its source run in place (preprocessor_config.json with the
     record); the export from it carries the chosen budget; a re-run skips both; it needs eval.data_from."""
     import dataclasses
 
-    from recipes.config import load_recipe
+    from recipes.engine.config import load_recipe
 
     small = {"num_val_samples": 6, "num_samples": 4, "seq_length": 256, "max_patches": 96}
     eval_recipe = _write(tmp_path / "eval.yaml", {"base": os.path.join(REPO, "recipes", "mindvl", "sft_tiny.yaml"),

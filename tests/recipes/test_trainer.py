@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from recipes import checkpoint as ck
-from recipes.config import ConfigError, load_recipe
-from recipes.trainer import Trainer
+from recipes.io import checkpoint as ck
+from recipes.engine.config import ConfigError, load_recipe
+from recipes.engine.trainer import Trainer
 
 RECIPE = "recipes/pangu_pro_moe/pretrain_tiny.yaml"
 SMALL = ["data.seq_length=64", "train.micro_batch_size=4", "schedule.warmup_steps=1", "train.eval_batches=1"]

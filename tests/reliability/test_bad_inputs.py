@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-from recipes import checkpoint as ck
+from recipes.io import checkpoint as ck
 from recipes.run import main as run_main
 
 TINY = "recipes/pangu_pro_moe/pretrain_tiny.yaml"

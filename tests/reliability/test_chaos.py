@@ -1,9 +1,9 @@
-"""Exact resume after SIGKILL, through real processes: `recipes.chaos` with 2 kill points on the tiny
+"""Exact resume after SIGKILL, through real processes: `recipes.tools.chaos` with 2 kill points on the tiny
 preset (one anywhere in a step, one in the middle of a checkpoint write). `make chaos` runs 10."""
 
 import pytest
 
-from recipes.chaos import run_chaos
+from recipes.tools.chaos import run_chaos
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from recipes import checkpoint as ck
-from recipes.config import load_recipe
-from recipes.guard import SPIKE_WARMUP, StepGuard, TrainingDiverged
-from recipes.trainer import Trainer
+from recipes.io import checkpoint as ck
+from recipes.engine.config import load_recipe
+from recipes.engine.guard import SPIKE_WARMUP, StepGuard, TrainingDiverged
+from recipes.engine.trainer import Trainer
 
 RECIPE = "recipes/pangu_pro_moe/pretrain_tiny.yaml"
 SMALL = ["data.seq_length=64", "train.micro_batch_size=4", "schedule.warmup_steps=1", "train.eval_batches=1"]
@@ -28,7 +28,7 @@ def inject(trainer, nan_loss=(), nan_grads=(), scale_loss=None, seen=None):
     """Wrap the compiled gradient step: NaN loss / NaN gradients / a scaled (reported) loss at given steps.
 
     `seen[step]` records a checksum of the weights at the start of each step."""
-    trainer._fused = False  # the host-side guard path (grad step + update); the fused graph is tested below
+    trainer.fused = False  # the host-side guard path (grad step + update); the fused graph is tested below
     inner = trainer._grad_step
 
     def grad_step(*inputs):
@@ -133,10 +133,10 @@ def test_guard_state_resumes_exactly(tmp_path, monkeypatch):
 
 def test_fused_step_skips_non_finite(tmp_path, monkeypatch):
     """The fused (one-graph) step guards inside the graph: a NaN loss weight at step 2 skips it."""
-    import recipes.trainer as trainer_mod
+    import recipes.engine.trainer as trainer_mod
 
     trainer = make(tmp_path, "fused", 4, ["checkpoint.every=100"])
-    if not getattr(trainer, "_fused", False):
+    if not trainer.fused:
         pytest.skip("this trainer has no fused step")
     original = trainer_mod._target_shares
 

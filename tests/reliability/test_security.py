@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from recipes import checkpoint as ck
-from recipes.config import ConfigError, load_recipe
+from recipes.io import checkpoint as ck
+from recipes.engine.config import ConfigError, load_recipe
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SOURCE_DIRS = ("pangu", "mindvl", "ops", "parallel_strategies", "recipes", "tests", "scripts")
@@ -66,7 +66,7 @@ def test_run_name_cannot_leave_the_run_root(name):
 
 def test_run_files_stay_in_run_dir(tmp_path):
     """Everything a run writes is under run.root/run.name: config, log, plot, checkpoints."""
-    from recipes.trainer import Trainer, run_dir_of
+    from recipes.engine.trainer import Trainer, run_dir_of
 
     recipe, model_cfg = load_recipe("recipes/pangu_pro_moe/pretrain_tiny.yaml", [
         "data.seq_length=32", "train.micro_batch_size=2", "train.steps=1", "schedule.warmup_steps=0",

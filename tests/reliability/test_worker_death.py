@@ -69,8 +69,6 @@ def _steps(run_dir):
 
 
 def test_dead_worker_stops_job_and_resume_completes(tmp_path):
-    if "world" not in open(os.path.join(REPO, "recipes", "trainer.py")).read():
-        pytest.skip("the trainer has no data parallelism yet")
     steps, run_dir = 30, os.path.join(tmp_path, "dp")
     proc, port = _msrun(tmp_path, steps, resume=False, logs=tmp_path / "logs1")
     try:

@@ -1,6 +1,6 @@
 """DSSN + TinyInit vs plain pre-norm + std 0.02 on Pangu Ultra MoE, same data and seed.
 
-    python -m recipes.study_dssn [--steps 300] [--preset tiny] [--lr 3e-3] [--out docs/ultra_dssn_study]
+    python -m recipes.tools.study_dssn [--steps 300] [--preset tiny] [--lr 3e-3] [--out docs/ultra_dssn_study]
 
 Trains the two variants of `recipes/pangu_ultra_moe/pretrain_tiny.yaml` (everything else equal),
 then writes a plot of loss and gradient norm per step and prints a Markdown table: final and best losses,
@@ -37,8 +37,8 @@ def count_spikes(grad_norms: list[float], skip: int) -> int:
 
 
 def run_variant(name: str, sets: list[str], args) -> list[dict]:
-    from recipes.config import load_recipe
-    from recipes.trainer import Trainer
+    from recipes.engine.config import load_recipe
+    from recipes.engine.trainer import Trainer
 
     run_name = "study_" + ("dssn" if "DSSN" in name else "prenorm")
     recipe, model_cfg = load_recipe(RECIPE, [

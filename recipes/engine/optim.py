@@ -13,7 +13,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 import ops.adamw as adamw_ops
-from recipes.config import OptimizerConfig, ScheduleConfig
+from recipes.engine.config import OptimizerConfig, ScheduleConfig
 
 
 def learning_rate(step: int, total_steps: int, opt: OptimizerConfig, sched: ScheduleConfig) -> float:

@@ -29,7 +29,7 @@ class ConfigError(ValueError):
 class ModelSection:
     """Which architecture and preset to build; other keys override fields of its config dataclass."""
 
-    arch: str = "pangu_pro_moe"  # registered architecture name (pangu.registry.ARCHS)
+    arch: str = "pangu_pro_moe"  # architecture name in the registry (models.SPECS)
     preset: str = "tiny"  # preset of that architecture: tiny | bench | full
     overrides: dict = field(default_factory=dict)  # field -> value, checked against the arch config
 
@@ -159,26 +159,25 @@ def resolve(raw: dict, default_run_name: str = "run") -> tuple[RecipeConfig, Any
 
 def _data_config_class(arch: str):
     """The dataclass of the `data:` section: the arch spec's `data_config_cls`, else DataConfig."""
-    from pangu import registry
+    import models
 
-    if arch not in registry.arch_names():
+    if arch not in models.SPECS:
         return DataConfig  # build_model_config names the unknown arch
-    return registry.get_spec(arch).get("data_config_cls", DataConfig)
+    return models.get_spec(arch).data_config_cls or DataConfig
 
 
 def build_model_config(section: ModelSection):
     """The arch's preset config with `section.overrides` applied field by field, then validated."""
-    from pangu import registry
+    import models
 
-    archs = registry.arch_names()
+    archs = models.arch_names()
     if section.arch not in archs:
         raise ConfigError(f"model.arch: unknown architecture {section.arch!r}; {_closest(section.arch, archs)}")
-    presets = registry.presets(section.arch)
-    if section.preset not in presets:
-        raise ConfigError(
-            f"model.preset: unknown preset {section.preset!r} for {section.arch}; {_closest(section.preset, presets)}"
-        )
-    base = registry.get_config(section.arch, section.preset)
+    spec = models.get_spec(section.arch)
+    if section.preset not in spec.presets:
+        raise ConfigError(f"model.preset: unknown preset {section.preset!r} for {section.arch}; "
+                          f"{_closest(section.preset, list(spec.presets))}")
+    base = spec.config(section.preset)
     cfg = _build(type(base), section.overrides, "model.", defaults=base)
     try:
         cfg.validate()

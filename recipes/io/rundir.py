@@ -5,7 +5,7 @@ A derived checkpoint is written as a *run-like directory*:
 
     OUT/
       config.yaml                       the source run's resolved recipe (run.name set to OUT's name)
-      checkpoints/step_XXXXXXXX/        recipes.checkpoint format: model.safetensors,
+      checkpoints/step_XXXXXXXX/        recipes.io.checkpoint format: model.safetensors,
                                         trainer_state.json (+ how it was made), manifest.json
 
 so `init_from: OUT`, `python -m recipes.evaluate OUT` and `python -m recipes.export OUT` all accept it.
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import yaml
 
-from recipes import checkpoint as ckpt_lib
+from recipes.io import checkpoint as ckpt_lib
 
 
 @dataclass
@@ -76,7 +76,7 @@ def model_file(located: Located | str) -> str:
 
 def load_run_config(run_dir: str):
     """(recipe, model_cfg) resolved from a run directory's config.yaml."""
-    from recipes.config import resolve
+    from recipes.engine.config import resolve
 
     with open(os.path.join(run_dir, "config.yaml")) as f:
         raw = yaml.safe_load(f) or {}

@@ -1,14 +1,14 @@
 """One MoE layer's expert paths vs a dense SwiGLU MLP of the same active FLOPs (CPU, GRAPH mode).
 
-    python -m recipes.bench_moe                       # Pro bench shape, batched vs grouped vs dense
-    python -m recipes.bench_moe --impls grouped batched loop --rounds 9 --tokens 2048
-    python -m recipes.bench_moe --arch pangu_ultra_moe --impls grouped dense   # the Ultra layer
-    python -m recipes.bench_moe --impls grouped grouped-compose dense   # permutation kernels A/B
+    python -m recipes.tools.bench_moe                       # Pro bench shape, batched vs grouped vs dense
+    python -m recipes.tools.bench_moe --impls grouped batched loop --rounds 9 --tokens 2048
+    python -m recipes.tools.bench_moe --arch pangu_ultra_moe --impls grouped dense   # the Ultra layer
+    python -m recipes.tools.bench_moe --impls grouped grouped-compose dense   # permutation kernels A/B
 
 The layer is the Pro MoE bench preset's (H 512, E 16 experts, K 4, I 256, shared expert 512, MoGE
 router), built like the model builds it (--arch pangu_ultra_moe: the Ultra bench preset's UltraMoE,
 sigmoid top-k router with selection bias, 1 shared expert of I, built by pangu/ultra_moe/model.py); dense = SwiGLUMLP(H, K*I + shared), the "MoE vs dense"
-reference of `python -m recipes.bench`. Each variant is `ms.jit(ms.value_and_grad(loss, params))`
+reference of `python -m recipes.tools.bench`. Each variant is `ms.jit(ms.value_and_grad(loss, params))`
 with loss = mean(y^2) (+ balance for the MoE), forward + backward on the same [tokens, H] input.
 "<impl>-compose" is expert_impl <impl> compiled with `ops.moe.use_kernels(False)` (the sort/gather
 composition instead of the CPU permutation kernels). Variants run interleaved (round-robin) so load from other processes hits all alike; the median
@@ -39,7 +39,7 @@ def build(cfg, impl):
     """A MoE layer (expert_impl=impl) or the equal-FLOP dense MLP (impl="dense"), init N(0, 0.02)."""
     import dataclasses
 
-    from ops._dispatch import impl_scope
+    from ops import impl_scope
     from pangu.common.init import init_normal
     from pangu.common.layers import dtype_of
     from pangu.common.mlp import SwiGLUMLP
@@ -86,10 +86,10 @@ def main(argv=None):
 
     import mindspore as ms
     from mindspore import Tensor
-    from pangu import registry
+    import models
 
     ms.set_context(mode=ms.GRAPH_MODE)
-    cfg = registry.get_config(args.arch, args.preset,
+    cfg = models.get_spec(args.arch).config(args.preset,
                               **{kv.split("=")[0]: int(kv.split("=")[1]) for kv in args.set})
     x = Tensor(np.random.default_rng(0).standard_normal((args.tokens, cfg.hidden_size), np.float32))
     fns = {}

@@ -179,6 +179,17 @@ def check_compatible(expected: dict[str, tuple], found: dict[str, np.ndarray], w
             )
 
 
+def load_into(target, tensors: dict[str, np.ndarray], what: str) -> None:
+    """Copy `tensors` into a model (its parameters by name) or a {name: Parameter} dict, after the strict
+    name and shape check of `check_compatible` (one-line CheckpointError naming the first mismatch)."""
+    from mindspore import Tensor
+
+    params = target if isinstance(target, dict) else dict(target.parameters_and_names())
+    check_compatible({n: tuple(p.shape) for n, p in params.items()}, tensors, what)
+    for name, param in params.items():
+        param.set_data(Tensor(np.asarray(tensors[name])).astype(param.dtype))
+
+
 def _sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recipes import checkpoint as ckpt_lib
-from recipes.config import ConfigError, RecipeConfig, dump_yaml, to_dict
-from recipes.guard import StepGuard, TrainingDiverged
+from recipes.io import checkpoint as ckpt_lib
+from recipes.engine.config import ConfigError, RecipeConfig, dump_yaml, to_dict
+from recipes.engine.guard import StepGuard, TrainingDiverged
 from recipes.data import BATCH_KEYS  # the order of model.loss's arguments
 
 
@@ -74,9 +74,9 @@ class Trainer:
     def __init__(self, recipe: RecipeConfig, model_cfg, resume: bool = False, log=print):
         import mindspore as ms
 
-        from pangu import registry
+        import models
         from recipes.data import build_dataset
-        from recipes.optim import AdamW
+        from recipes.engine.optim import AdamW
 
         self.recipe = recipe
         self.log = log
@@ -89,9 +89,9 @@ class Trainer:
         self.is_main = self.rank == 0
         self.strategy = self._check_strategy()
 
-        # An arch may bring its own data (MindVL: multimodal rows) and validation metrics (registry spec).
-        self.spec = registry.get_spec(recipe.model.arch)
-        build_data = self.spec.get("build_dataset", build_dataset)
+        # An arch may bring its own data (MindVL: multimodal rows) and validation metrics (its ModelSpec).
+        self.spec = models.get_spec(recipe.model.arch)
+        build_data = self.spec.build_dataset or build_dataset
         self.train_data = build_data(recipe.data, split="train")
         self.val_data = build_data(recipe.data, split="val")
         model_cfg = self._fit_vocab(model_cfg, self.train_data.tokenizer.vocab_size)
@@ -102,7 +102,7 @@ class Trainer:
 
         ms.set_seed(recipe.train.seed)
         np.random.seed(recipe.train.seed)
-        self.model = registry.build_model(model_cfg, seed=recipe.train.seed)
+        self.model = self.spec.build(model_cfg, seed=recipe.train.seed)
         self.metric_names = tuple(type(self.model).METRIC_NAMES)
         # model.loss's arguments = these batch fields, in order (text models: the batch contract's five).
         # Every field has the row as its first dim (MindVL pads patches per row), so `batch[k][mine]`
@@ -225,9 +225,7 @@ class Trainer:
     def _load_init(self, path: str) -> None:
         source = ckpt_lib.resolve_init_from(path)
         tensors = ckpt_lib.load_tensors(source, ckpt_lib.MODEL_FILE)
-        params = {p.name: p for p in self.model.get_parameters()}
-        ckpt_lib.check_compatible({n: p.shape for n, p in params.items()}, tensors, f"init_from {source}")
-        _assign(params, tensors)
+        ckpt_lib.load_into({p.name: p for p in self.model.get_parameters()}, tensors, f"init_from {source}")
         self.log(f"initialised from {source}")
 
     def _resume(self) -> None:
@@ -244,19 +242,15 @@ class Trainer:
                 f"--resume: the recipe differs from the checkpointed run at {key}; resume with the same "
                 "settings (only train.steps, checkpoint.* and logging may change)"
             )
-        params = {p.name: p for p in self.model.get_parameters()}
         tensors = ckpt_lib.load_tensors(found.path, ckpt_lib.MODEL_FILE)
-        ckpt_lib.check_compatible({n: p.shape for n, p in params.items()}, tensors, found.path)
-        _assign(params, tensors)
-        opt_params = {p.name: p for p in self.optimizer.state_parameters()}
+        ckpt_lib.load_into({p.name: p for p in self.model.get_parameters()}, tensors, found.path)
         if not os.path.isfile(os.path.join(found.path, ckpt_lib.OPTIMIZER_FILE)):
             raise ConfigError(
                 f"--resume: {found.path} has no optimizer state (checkpoint.save_optimizer was false); "
                 "use init_from to start a new run from its weights"
             )
         opt_tensors = ckpt_lib.load_tensors(found.path, ckpt_lib.OPTIMIZER_FILE)
-        ckpt_lib.check_compatible({n: p.shape for n, p in opt_params.items()}, opt_tensors, found.path)
-        _assign(opt_params, opt_tensors)
+        ckpt_lib.load_into({p.name: p for p in self.optimizer.state_parameters()}, opt_tensors, found.path)
         self.step = int(state["step"])
         self.data_position = int(state["data_position"])
         self.guard.load_state_dict(state.get("guard", {}))
@@ -368,7 +362,7 @@ class Trainer:
             return loss, metrics, norm, applied
 
         jit = ms.jit if self.recipe.train.mode == "graph" else (lambda f: f)
-        self._fused = self.recipe.train.grad_accum_steps == 1
+        self.fused = self.recipe.train.grad_accum_steps == 1
         self._fused_step = jit(fused_step)
         self._grad_step = jit(grad_step)
         self._add_grads = jit(add_grads)
@@ -383,7 +377,7 @@ class Trainer:
     def train(self) -> RunResult:
         from tqdm import tqdm
 
-        from recipes.optim import learning_rate
+        from recipes.engine.optim import learning_rate
 
         recipe = self.recipe
         total = recipe.train.steps
@@ -431,8 +425,8 @@ class Trainer:
                     if hasattr(self.model, "reset_expert_load"):  # evaluation batches are not training load
                         self.model.reset_expert_load()
                     record["val_loss"] = val_loss
-                    if "evaluate" in self.spec:  # the arch's own validation metrics (MindVL: accuracy)
-                        self.val_metrics = {k: float(v) for k, v in self.spec["evaluate"](self.model, self.val_data).items()}
+                    if self.spec.evaluate is not None:  # the arch's own validation metrics (MindVL: accuracy)
+                        self.val_metrics = {k: float(v) for k, v in self.spec.evaluate(self.model, self.val_data).items()}
                         record.update(self.val_metrics)
                         if self.is_main:
                             bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in self.val_metrics.items()))
@@ -463,7 +457,7 @@ class Trainer:
         import mindspore as ms
         from mindspore import Tensor
 
-        if self._fused and len(micro_batches) == 1:
+        if self.fused and len(micro_batches) == 1:
             inputs = [Tensor(micro_batches[0][k][mine]) for k in self.batch_keys]
             loss, metrics, norm, applied = self._fused_step(
                 *inputs, Tensor(shares[0], ms.float32), Tensor(lr, ms.float32))
@@ -530,13 +524,6 @@ def _target_shares(loss_masks: list[np.ndarray], mine: slice) -> np.ndarray:
         rows = sum(m.shape[0] for m in loss_masks)
         return np.array([m[mine].shape[0] / rows for m in loss_masks])
     return np.array([float(m[mine].sum()) / total for m in loss_masks])
-
-
-def _assign(params: dict, tensors: dict[str, np.ndarray]) -> None:
-    from mindspore import Tensor
-
-    for name, param in params.items():
-        param.set_data(Tensor(tensors[name]).astype(param.dtype))
 
 
 def _truncate_metrics(path: str, step: int) -> None:

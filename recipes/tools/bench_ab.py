@@ -1,12 +1,12 @@
 """Interleaved A/B of train-step variants in ONE process (how docs/benchmarks.md measures a change).
 
-    python -m recipes.bench_ab pangu_pro_moe 'old|PANGU_OPS_THREADS=2|' 'new||'
-    python -m recipes.bench_ab pangu_pro_moe 'ref||optimizer.impl=reference' 'kernel||' --rounds 16
+    python -m recipes.tools.bench_ab pangu_pro_moe 'old|PANGU_OPS_THREADS=2|' 'new||'
+    python -m recipes.tools.bench_ab pangu_pro_moe 'ref||optimizer.impl=reference' 'kernel||' --rounds 16
 
 Each variant is `NAME|ENV|OVERRIDES`: ENV = comma-separated VAR=VALUE set around each of its steps
 (variables read at run time, e.g. PANGU_OPS_THREADS, PANGU_GMM_THREADS), OVERRIDES = space-separated
 recipe overrides (as `--set`). One Trainer per variant is built from the arch's bench recipe
-(`recipes.bench`: bench preset, batch 4 x seq 512), compiled and warmed up; then the variants take
+(`recipes.tools.bench`: bench preset, batch 4 x seq 512), compiled and warmed up; then the variants take
 turns, one step each, for --rounds rounds (the order reversed every other round), so load from other
 processes on a shared machine hits all of them alike. Prints each variant's median step time and its
 speed relative to the first variant, with the load average.
@@ -38,7 +38,7 @@ def parse_variant(spec: str) -> dict:
 
 
 def main(argv=None) -> list:
-    from recipes.bench import ARCHS
+    from recipes.tools.bench import ARCHS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("arch", choices=sorted(ARCHS))
@@ -53,14 +53,14 @@ def main(argv=None) -> list:
 
     import mindspore as ms
 
-    from recipes.bench import _bench_recipe
-    from recipes.trainer import Trainer
+    from recipes.tools.bench import bench_recipe
+    from recipes.engine.trainer import Trainer
 
     ms.set_context(mode=ms.GRAPH_MODE)
     root = tempfile.mkdtemp(prefix="bench_ab_")
     load_start = os.getloadavg()
     for v in variants:
-        recipe, model_cfg = _bench_recipe(args.arch, os.path.join(root, v["name"]), v["overrides"])
+        recipe, model_cfg = bench_recipe(args.arch, os.path.join(root, v["name"]), v["overrides"])
         v["trainer"] = Trainer(recipe, model_cfg, log=lambda *a: None)
         v["stream"] = v["trainer"].train_data.batches(recipe.train.micro_batch_size, start=0, seed=0)
         v["times"] = []
