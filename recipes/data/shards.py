@@ -130,6 +130,11 @@ class ShardIndex:
     max_id: int
 
 
+def _mapped(path: Path) -> np.ndarray:
+    """A cached .npy array, memory-mapped, as a plain ndarray view (cheaper to slice than np.memmap)."""
+    return np.load(path, mmap_mode="r").view(np.ndarray)
+
+
 def _file_state(paths: list[str]) -> list:
     return [[os.path.realpath(p), os.path.getsize(p), os.stat(p).st_mtime_ns] for p in paths]
 
@@ -198,7 +203,7 @@ class Shard:
             log.info("indexed %s: %d documents, %d tokens in %.1fs", self.path, scan["raw_documents"],
                      scan["raw_tokens"], time.perf_counter() - t0)
         meta = json.loads((entry / "meta.json").read_text())
-        documents = np.load(entry / "documents.npy", mmap_mode="r")
+        documents = _mapped(entry / "documents.npy")
         records = np.load(entry / "records.npy") if (entry / "records.npy").is_file() else None
         return ShardIndex(key, documents[:, 0], documents[:, 1], records, meta["raw_documents"],
                           meta["raw_tokens"], meta["min_id"], meta["max_id"])
@@ -305,7 +310,7 @@ class Source:
                     np.save(tmp / f"{name}.npy", getattr(placement, name))
             log.info("packed %s: %d documents -> %d rows of %d in %.1fs", self.path, len(lengths),
                      placement.num_rows, self.seq_length, time.perf_counter() - t0)
-        return Placement(*(np.load(entry / f"{name}.npy", mmap_mode="r") for name in _PLACEMENT_FIELDS))
+        return Placement(*(_mapped(entry / f"{name}.npy") for name in _PLACEMENT_FIELDS))
 
     def documents(self, doc_ids: np.ndarray) -> dict[int, np.ndarray]:
         """{document id: tokens with eod} for (unique) source-wide document ids."""
@@ -408,6 +413,8 @@ class ShardDataset:
 
     def read(self, source: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
         """The batch arrays of (source, row) pairs, in their order."""
+        if len(self.sources) == 1:
+            return self.sources[0].rows(rows)
         out = {k: None for k in BATCH_KEYS}
         for i in np.unique(source):
             sel = np.flatnonzero(source == i)
