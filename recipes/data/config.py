@@ -30,11 +30,12 @@ class DataConfig:
     weights: tuple[float, ...] = ()  # mixing weight per entry of `paths` (normalised); empty: by size (rows)
     val_paths: tuple[str, ...] = ()  # source=megatron|mindrecord: held-out shards; num_val_documents are read
     num_documents: int = 20000  # source=synthetic|sft: documents (sft: conversations) in the training split
-    num_val_documents: int = 512  # held-out documents/conversations (built-in: own seed stream; files: seeded pick; shards: the first of val_paths)
+    # held-out documents/conversations (built-in: own seed stream; files: seeded pick; shards: the first of val_paths)
+    num_val_documents: int = 512
     tasks: tuple[str, ...] = TASKS  # source=synthetic|sft: task mix, sampled uniformly; repeat a name to weight it
     max_examples_per_document: int = 4  # source=synthetic: a document holds 1..N examples of one task
     vocab_size: int = 256  # upper bound on tokenizer pieces; the trained one is smaller if the corpus has fewer
-    tokenizer_model: Optional[str] = None  # existing sentencepiece .model to use instead of training one (shards: required)
+    tokenizer_model: Optional[str] = None  # sentencepiece .model to use instead of training one (required for shards)
     seq_length: int = 128  # tokens per packed row (the model's training sequence length)
     seed: int = 1234  # corpus generation and the jsonl held-out pick (batch order takes its own seed)
     skip_bad_lines: bool = False  # source=jsonl|chat_jsonl: skip malformed lines with a warning instead of stopping

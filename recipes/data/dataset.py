@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
-import json
 import logging
 import math
 import time

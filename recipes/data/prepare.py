@@ -1,4 +1,4 @@
-"""`python -m recipes.data.prepare`: write token shards (Megatron .bin/.idx or MindRecord) from JSONL or the built-in corpus.
+"""`python -m recipes.data.prepare`: token shards (Megatron .bin/.idx or MindRecord) from JSONL or the built-in corpus.
 
     python -m recipes.data.prepare --format megatron --out data/tiny                  # the built-in corpus
     python -m recipes.data.prepare --format mindrecord --out data/web --input web.jsonl --tokenizer-model tok.model
@@ -168,9 +168,9 @@ def prepare(fmt: str, out: str, cfg: DataConfig, shard_tokens: int = 1 << 30, re
     summary["tokenizer"] = os.path.join(out, "tokenizer.model")
     summary["seconds"] = time.perf_counter() - t0
     total = sum(w.tokens for w in writers.values())
-    log(f"wrote {', '.join(f'{s}: {len(w.paths)} shard(s), {w.documents} documents, {w.tokens} tokens' for s, w in writers.items())} "
-        f"to {out} in {summary['seconds']:.1f} s ({total / summary['seconds']:.0f} tokens/s); tokenizer "
-        f"{tokenizer.vocab_size} ids, sha256 {tokenizer.sha256[:12]}")
+    parts = [f"{s}: {len(w.paths)} shard(s), {w.documents} documents, {w.tokens} tokens" for s, w in writers.items()]
+    log(f"wrote {', '.join(parts)} to {out} in {summary['seconds']:.1f} s ({total / summary['seconds']:.0f} tokens/s); "
+        f"tokenizer {tokenizer.vocab_size} ids, sha256 {tokenizer.sha256[:12]}")
     log("data:")
     log(f"  source: {fmt}")
     log(f"  paths: [{os.path.join(out, 'train_*')}]")

@@ -299,7 +299,8 @@ class Source:
         return int(self.doc_offsets[-1])
 
     def _load_placement(self, cache_dir: Path) -> Placement:
-        key = digest({"packer": PACKER_VERSION, "seq_length": self.seq_length, "shards": [s.index.key for s in self.shards]})
+        key = digest({"packer": PACKER_VERSION, "seq_length": self.seq_length,
+                      "shards": [s.index.key for s in self.shards]})
         entry = cache_dir / "shards" / f"placement-{key[:16]}"
         if not (entry / "row_ptr.npy").is_file():
             t0 = time.perf_counter()
@@ -394,7 +395,8 @@ class ShardDataset:
             raise ValueError(f"data.paths: {empty[0]} has no documents; remove it or re-run prepare")
         weights = list(cfg.weights) if cfg.weights else [s.num_rows for s in self.sources]
         self.mixture = Mixture(weights, [s.path for s in self.sources])
-        self.orders = [ShuffledOrder(s.num_rows, 0) for s in self.sources]
+        # every call passes the seed (the trainer's), offset per source: see source_seed
+        self.orders = [ShuffledOrder(s.num_rows, self.source_seed(cfg.seed, i)) for i, s in enumerate(self.sources)]
         self.num_rows = sum(s.num_rows for s in self.sources)
         self.cache_path = cache_dir / "shards"
 
@@ -408,8 +410,13 @@ class ShardDataset:
         rows = np.empty(count, dtype=np.int64)
         for i in np.unique(source):
             sel = source == i
-            rows[sel] = self.orders[i].rows_at(local[sel], seed + SOURCE_SEED_STRIDE * int(i))
+            rows[sel] = self.orders[i].rows_at(local[sel], self.source_seed(seed, int(i)))
         return source, rows
+
+    @staticmethod
+    def source_seed(seed: int, i: int) -> int:
+        """Source i shuffles with its own seed; source 0's is the plain seed (one path = PackedDataset's order)."""
+        return seed + SOURCE_SEED_STRIDE * i
 
     def read(self, source: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
         """The batch arrays of (source, row) pairs, in their order."""

@@ -110,8 +110,10 @@ def test_builtin_corpus_prepared_as_megatron_equals_the_synthetic_source(work, c
             log=lambda *_: None)
     synthetic = DataConfig(num_documents=200, num_val_documents=20, seq_length=SEQ, cache_dir=cache)
     shards = dataclasses.replace(shard_cfg("megatron", out, cache), num_val_documents=20)
-    assert_same_batches(build_dataset(synthetic).batches(4, num_batches=40), build_dataset(shards).batches(4, num_batches=40))
-    np.testing.assert_array_equal(build_dataset(synthetic, "val").rows["labels"], build_dataset(shards, "val").rows["labels"])
+    assert_same_batches(build_dataset(synthetic).batches(4, num_batches=40),
+                        build_dataset(shards).batches(4, num_batches=40))
+    np.testing.assert_array_equal(build_dataset(synthetic, "val").rows["labels"],
+                                  build_dataset(shards, "val").rows["labels"])
     assert MegatronShard(f"{out}/train_00000").dtype == np.uint16  # Megatron's choice below 65500 ids
 
 
