@@ -56,7 +56,7 @@ generate: setup  ## make generate RUN=runs/pro_sft PROMPT="copy: a b c ->" [ARGS
 	$(PY) -m recipes.generate $(RUN) --prompt "$(PROMPT)" $(ARGS)
 
 .PHONY: prepare-data
-prepare-data: setup  ## token shards (docs/data.md): make prepare-data FORMAT=megatron|mindrecord OUT=data/tiny [INPUT=corpus.jsonl] [ARGS="--tokenizer-model tok.model"]
+prepare-data: setup  ## token shards (docs/data.md): make prepare-data FORMAT=megatron|mindrecord [OUT=data/FORMAT] [INPUT=corpus.jsonl] [ARGS="--tokenizer-model tok.model"]
 	$(PY) -m recipes.data.prepare --format $(or $(FORMAT),megatron) --out $(or $(OUT),data/$(or $(FORMAT),megatron)) $(if $(INPUT),--input $(INPUT)) $(ARGS)
 
 .PHONY: chaos

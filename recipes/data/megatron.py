@@ -1,15 +1,15 @@
 """Megatron-LM token shards (`PREFIX.bin` + `PREFIX.idx`): read memory-mapped, write as preprocess_data.py does.
 
-The format is Megatron's `MMapIndexedDataset`, byte for byte as `megatron/core/datasets/indexed_dataset.py`
-(`IndexedDataset`, Megatron-Core r0.4 - r0.12) writes and reads it; the legacy
-`megatron/data/indexed_dataset.py` (`MMapIndexedDataset`, Megatron-LM 2020-2023) has the same bytes.
-All integers little-endian:
+The format is Megatron's memory-mapped indexed dataset, version 1 (magic `MMIDIDX`), byte for byte as
+Megatron-Core's `IndexedDataset` (`megatron/core/datasets/indexed_dataset.py`) writes and reads it;
+the older Megatron-LM `MMapIndexedDataset` (`megatron/data/indexed_dataset.py`) writes the same bytes
+for token ids (its float codes 6/7 are swapped, and floats are refused here anyway). Little-endian:
 
     PREFIX.idx
         magic               9 bytes     b"MMIDIDX\\x00\\x00"
         version             <Q          1
-        dtype code          <B          1 uint8, 2 int8, 3 int16, 4 int32, 5 int64, 6 float64,
-                                        7 float32, 8 uint16 (token ids: the integer codes only)
+        dtype code          <B          1 uint8, 2 int8, 3 int16, 4 int32, 5 int64, 8 uint16
+                                        (6 and 7 are float types: not token ids, refused)
         sequence count      <Q          S
         document count      <Q          D + 1 (the length of document_indices)
         sequence_lengths    int32[S]    tokens per sequence
@@ -40,8 +40,7 @@ import numpy as np
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
 _HEADER = struct.Struct("<9sQBQQ")  # magic, version, dtype code, sequence count, document count
-DTYPE_CODES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64, 7: np.float32,
-               8: np.uint16}
+DTYPE_CODES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 8: np.uint16}  # integer codes
 CODE_OF_DTYPE = {np.dtype(v): k for k, v in DTYPE_CODES.items()}
 SCAN_TOKENS = 1 << 24  # tokens per chunk of the full-shard scan (64 MB of int32)
 
@@ -129,9 +128,9 @@ def _read_index(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.dtype
                          "give the prefix of a .bin/.idx pair written by preprocess_data.py or prepare")
     if version != INDEX_VERSION:
         raise ValueError(f"{path}: index version {version}; only version {INDEX_VERSION} (MMIDIDX) is read")
-    if code not in DTYPE_CODES or np.dtype(DTYPE_CODES[code]).kind not in "iu":
-        what = np.dtype(DTYPE_CODES[code]).name if code in DTYPE_CODES else f"unknown code {code}"
-        raise ValueError(f"{path}: dtype {what} is not a token-id type; token shards hold integers "
+    if code not in DTYPE_CODES:
+        what = "a float type" if code in (6, 7) else "unknown"
+        raise ValueError(f"{path}: dtype code {code} is {what}, not token ids; token shards hold integers "
                          "(uint16 / int32 as preprocess_data.py writes)")
     expected = _HEADER.size + n_seq * (4 + 8) + n_doc * 8
     if size == expected + n_seq and n_seq:

@@ -27,7 +27,7 @@ exact. With one path the stream is exactly the in-memory sources' (`PackedDatase
 
 Memory and caching. The scan reads each shard once, sequentially, in bounded chunks (Megatron: 16M
 tokens; MindRecord: one record); its result (two int64 per document, plus the record offsets of a
-MindRecord file) and each source's placement (five int64 per piece) are cached under
+MindRecord file) and each source's placement (four int64 per piece, one per row) are cached under
 `data.cache_dir/shards/`, keyed by the files' paths, sizes and mtimes, and memory-mapped on load.
 A batch then reads only its rows' documents: memory-mapped slices (Megatron) or one `MindDataset`
 random-access read per source and block of rows (MindRecord). Besides those arrays, each source

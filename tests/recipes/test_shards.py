@@ -155,7 +155,7 @@ def test_megatron_layout_documents_sentences_and_eod(work, tokenizer):
     assert np.frombuffer((work / "ours.bin").read_bytes(), np.uint16).tolist() == [10, 11, 12, eod, 20, 21, 22, eod]
     # float token files and multimodal indexes are refused in one line
     write_megatron_by_hand(str(work / "floats"), [[1.0, 2.0]], [0, 1], code=7, dtype=np.float32)
-    with pytest.raises(ValueError, match=r"floats\.idx: dtype float32 is not a token-id type"):
+    with pytest.raises(ValueError, match=r"floats\.idx: dtype code 7 is a float type, not token ids"):
         MegatronShard(str(work / "floats"))
     write_megatron_by_hand(str(work / "mm"), [[1, 2]], [0, 1])
     with open(work / "mm.idx", "ab") as f:

@@ -8,7 +8,8 @@ import os
 import pytest
 
 from recipes.config import load_recipe  # the public entry points this file drives (one place to repoint)
-from recipes.data import DataConfig, generate_corpus, load_tokenizer
+from recipes.data import BATCH_KEYS, DataConfig, build_dataset, generate_corpus, load_tokenizer
+from recipes.data.prepare import main as prepare_main
 from recipes.data.prepare import prepare
 from recipes.trainer import Trainer
 
@@ -95,3 +96,20 @@ def test_resume_from_mixed_shards_is_exact(corpus, tmp_path, monkeypatch):
     assert resumed.step == 2 and resumed.data_position == 2 * 4
     run_dir = resumed.train().run_dir
     assert [r["loss"] for r in metrics(run_dir)] == [r["loss"] for r in straight]
+
+
+def test_shards_recipe_on_default_prepare_output_is_pretrain_tiny_data(tmp_path):
+    """`make prepare-data` with its defaults + pretrain_tiny_shards.yaml = pretrain_tiny.yaml's rows and order."""
+    out, cache = str(tmp_path / "megatron"), str(tmp_path / "cache")
+    assert prepare_main(["--format", "megatron", "--out", out, "--cache-dir", cache]) == 0
+    tiny, _ = load_recipe(RECIPE, [f"data.cache_dir={cache}"])
+    shards, _ = load_recipe("recipes/pangu_pro_moe/pretrain_tiny_shards.yaml", [
+        f"data.cache_dir={cache}", f"data.paths=[{out}/train_*]", f"data.val_paths=[{out}/val_*]",
+        f"data.tokenizer_model={out}/tokenizer.model"])
+    as_shipped, _ = load_recipe("recipes/pangu_pro_moe/pretrain_tiny_shards.yaml")
+    assert as_shipped.data.paths == ("data/megatron/train_*",)  # where `make prepare-data` writes by default
+    a, b = build_dataset(tiny.data), build_dataset(shards.data)
+    for x, y in zip(a.batches(16, num_batches=30, seed=1234), b.batches(16, num_batches=30, seed=1234)):
+        for k in BATCH_KEYS:
+            assert (x[k] == y[k]).all(), k
+    assert (build_dataset(tiny.data, "val").rows["labels"] == build_dataset(shards.data, "val").rows["labels"]).all()
