@@ -24,8 +24,8 @@ class DataConfig:
     # megatron: Megatron-LM .bin/.idx token shards; mindrecord: MindRecord token shards (MindFormers' input_ids)
     source: Literal["synthetic", "jsonl", "sft", "chat_jsonl", "megatron", "mindrecord"] = "synthetic"
     path: str = ""  # source=jsonl|chat_jsonl: the JSONL file (relative to the cwd)
-    # source=megatron|mindrecord: training shards, each a Megatron prefix (PREFIX.bin + PREFIX.idx) or a
-    # MindRecord file; a glob pattern (data/web-*) is one path whose shards are read in sorted order
+    # source=megatron|mindrecord: training shards (relative to the cwd), each a Megatron prefix (PREFIX.bin +
+    # PREFIX.idx) or a MindRecord file; a glob pattern (data/web-*) is one path whose shards are read in sorted order
     paths: tuple[str, ...] = ()
     weights: tuple[float, ...] = ()  # mixing weight per entry of `paths` (normalised); empty: by size (rows)
     val_paths: tuple[str, ...] = ()  # source=megatron|mindrecord: held-out shards; num_val_documents are read

@@ -19,6 +19,7 @@ from recipes.data.prepare import main as prepare_main
 from recipes.data.prepare import prepare, record
 from recipes.data.shards import Mixture, open_reader, scan_shard, write_record
 from recipes.data.synthetic import EXAMPLE_SEPARATOR
+from recipes.data.throughput import make_shard, measure
 
 SEQ = 64
 N_DOCS, N_VAL = 300, 30
@@ -351,3 +352,14 @@ def test_prepare_cli_writes_and_refuses_in_one_line(work, cache, capsys):
     assert prepare_main(args + ["--overwrite"]) == 0
     assert prepare_main(["--format", "megatron", "--out", out, "--input", str(work / "missing.jsonl")]) == 2
     assert capsys.readouterr().err.startswith(f"error: data.path={work}/missing.jsonl: file not found")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_throughput_tool_measures_the_shard_it_wrote(fmt, work, cache, tokenizer):
+    out = str(work / f"throughput_{fmt}")
+    path = make_shard(fmt, out, tokens=30_000, median_doc=80, tokenizer=tokenizer)
+    rec = json.loads(open(f"{path}.tokenizer.json").read())
+    assert rec["tokens"] >= 30_000 and rec["tokenizer"]["sha256"] == tokenizer.sha256
+    r = measure(fmt, out, seq_length=256, batch_size=8, seconds=0.2, cache_dir=cache, tokenizer=tokenizer)
+    assert r["tokens"] == rec["tokens"] and r["documents"] == rec["documents"]
+    assert r["rows"] * 256 >= r["tokens"] and r["pieces_per_row"] > 1 and r["rows_per_s"] > 0
