@@ -44,7 +44,12 @@ def _reader_failed(path: str, err: Exception) -> ValueError:
 
 
 class MindRecordShard:
-    """One MindRecord file (with its `.db` index) whose `input_ids` column holds token ids."""
+    """One MindRecord file (with its `.db` index) whose `input_ids` column holds token ids.
+
+    The file is read alone (MindSpore's list form), also when it is one of several files written by
+    one `FileWriter(shard_num=N)` conversion: list each file (a glob does), and note that a document
+    cut by the boundary between two such files is read as two documents.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -54,7 +59,7 @@ class MindRecordShard:
         import mindspore.dataset as mds
 
         try:
-            columns = mds.MindDataset(path, shuffle=False).get_col_names()
+            columns = mds.MindDataset([path], shuffle=False).get_col_names()
         except RuntimeError as err:
             raise _reader_failed(path, err) from None
         if COLUMN not in columns:
@@ -77,7 +82,7 @@ class MindRecordShard:
         try:
             # MindDataset, not FileReader: FileReader converts each record in Python, several times slower
             # on 4097-token records
-            ds = mds.MindDataset(self.path, columns_list=[COLUMN], shuffle=False, num_parallel_workers=1)
+            ds = mds.MindDataset([self.path], columns_list=[COLUMN], shuffle=False, num_parallel_workers=1)
             for (ids,) in ds.create_tuple_iterator(output_numpy=True, num_epochs=1):
                 if ids.ndim != 1 or ids.dtype.kind not in "iu":
                     raise ValueError(f"{self.path}: {COLUMN} is {ids.dtype} of shape {ids.shape}; token shards hold "
@@ -92,7 +97,7 @@ class MindRecordShard:
 
         ids = [int(i) for i in record_ids]
         try:
-            ds = mds.MindDataset(self.path, columns_list=[COLUMN], sampler=mds.SubsetSampler(ids),
+            ds = mds.MindDataset([self.path], columns_list=[COLUMN], sampler=mds.SubsetSampler(ids),
                                  num_parallel_workers=1)
             values = [row[0] for row in ds.create_tuple_iterator(output_numpy=True, num_epochs=1)]
         except RuntimeError as err:

@@ -17,7 +17,7 @@ from recipes.data import BATCH_KEYS, DataConfig, build_dataset, generate_corpus,
 from recipes.data.megatron import MegatronShard, MegatronWriter
 from recipes.data.prepare import main as prepare_main
 from recipes.data.prepare import prepare, record
-from recipes.data.shards import Mixture, open_reader, scan_shard, write_record
+from recipes.data.shards import Mixture, expand, open_reader, scan_shard, write_record
 from recipes.data.synthetic import EXAMPLE_SEPARATOR
 from recipes.data.throughput import make_shard, measure
 
@@ -188,6 +188,15 @@ def test_mindrecord_mindformers_layouts_give_the_same_documents(work, tokenizer)
         assert scan["doc_start"].tolist() == [0, 4, 16, 19]
     assert (stitched["raw_documents"], stitched["raw_tokens"]) == (4, len(stream))
     assert stitched["record_starts"].tolist() == list(range(0, len(stream), 5)) + [len(stream)]
+    # a FileWriter(shard_num=2) conversion: each file is read alone (a glob lists both)
+    writer = FileWriter(str(work / "parts"), shard_num=2, overwrite=True)
+    writer.add_schema({"input_ids": {"type": "int32", "shape": [-1]}}, "wiki")
+    writer.write_raw_data([{"input_ids": np.array(d + [eod], dtype=np.int32)} for d in docs])
+    writer.commit()
+    parts = expand("mindrecord", str(work / "parts*"), "data.paths[0]")
+    assert parts == [str(work / "parts0"), str(work / "parts1")]
+    lengths = [scan_shard("mindrecord", open_reader("mindrecord", p), eod)["doc_len"].tolist() for p in parts]
+    assert sum(lengths, []) == [3, 11, 2, 4] and all(lengths)
     path = str(work / "other_column.mindrecord")
     writer = FileWriter(path, shard_num=1, overwrite=True)
     writer.add_schema({"tokens": {"type": "int32", "shape": [-1]}}, "x")
