@@ -103,7 +103,7 @@ def read_record(shard_path: str, fmt: str) -> dict:
         raise ValueError(f"{path}: tokenizer record not found, so the shard's tokenizer cannot be checked; {fix}")
     try:
         record = json.loads(Path(path).read_text())
-        record["tokenizer"]["sha256"], record["documents"], record["tokens"]
+        _ = record["format"], record["tokenizer"]["sha256"], record["documents"], record["tokens"]  # required
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path}: not a tokenizer record ({type(err).__name__}: {err}); {fix}") from None
     if record.get("format") != fmt:
