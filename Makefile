@@ -55,6 +55,10 @@ eval: setup  ## greedy exact match on held-out prompts: make eval RUN=runs/pro_s
 generate: setup  ## make generate RUN=runs/pro_sft PROMPT="copy: a b c ->" [ARGS="--temperature 0.8 --top-p 0.9"]
 	$(PY) -m recipes.generate $(RUN) --prompt "$(PROMPT)" $(ARGS)
 
+.PHONY: prepare-data
+prepare-data: setup  ## token shards (docs/data.md): make prepare-data FORMAT=megatron|mindrecord [OUT=data/FORMAT] [INPUT=corpus.jsonl] [ARGS="--tokenizer-model tok.model"]
+	$(PY) -m recipes.data.prepare --format $(or $(FORMAT),megatron) --out $(or $(OUT),data/$(or $(FORMAT),megatron)) $(if $(INPUT),--input $(INPUT)) $(ARGS)
+
 .PHONY: chaos
 chaos: setup  ## SIGKILL the tiny recipe at random points, resume, compare bitwise: make chaos [ARGS="--kills 10 --seed 0"]
 	$(PY) -m recipes.tools.chaos $(if $(strip $(ARGS)),$(ARGS),--kills 10 --seed 0)

@@ -15,19 +15,19 @@ A corpus fingerprint is the generator config (synthetic) or the file's SHA-256 p
 settings (jsonl). On a warm cache nothing is generated, parsed, trained or packed: only the
 tokenizer file and the rows are read. `BUILD_EVENTS` counts real trainings and writes (tests use it).
 
-Batch order. Samples form one endless stream: global position p is row perm_e[p mod N] of epoch
-e = p div N, where perm_e is the permutation drawn from `numpy.random.default_rng(seed + e)`. A batch
-is the next `batch_size` positions (crossing epoch boundaries), so a trainer that stores its
-position as one int and restarts with `batches(B, start=position)` sees exactly the batches an
-uninterrupted run would have seen.
+Batch order (`recipes.data.order`). Samples form one endless stream: global position p is row
+perm_e[p mod N] of epoch e = p div N, where perm_e is the permutation drawn from
+`numpy.random.default_rng(seed + e)`. A batch is the next `batch_size` positions (crossing epoch
+boundaries), so a trainer that stores its position as one int and restarts with
+`batches(B, start=position)` sees exactly the batches an uninterrupted run would have seen.
+
+Token shards (source megatron | mindrecord) are streamed instead: `recipes.data.shards`.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
-import json
 import logging
 import math
 import time
@@ -36,11 +36,13 @@ from typing import Iterator
 
 import numpy as np
 
-from recipes.data.config import DataConfig
-from recipes.data.jsonl import JsonlTexts, check_exists, file_sha256, read_jsonl_texts
+from recipes.data.config import PRETOKENIZED, DataConfig
+from recipes.data.jsonl import JsonlTexts, check_exists, file_sha256, held_out_mask, read_jsonl_texts
 from recipes.data.packing import BATCH_KEYS, PACKER_VERSION, pack_documents, packing_summary
 from recipes.data import sft
-from recipes.data.storage import read_rows, write_rows
+from recipes.data.order import ShuffledOrder
+from recipes.data.shards import ShardDataset, ValDocuments
+from recipes.data.storage import digest, read_rows, write_rows
 from recipes.data.synthetic import GENERATOR_VERSION, TASKS, generate_corpus
 from recipes.data.tokenizer import TRAINER_VERSION, Tokenizer, train_tokenizer
 
@@ -55,10 +57,6 @@ BUILTIN_TOKENIZER_CORPUS = dict(num_documents=4000, seed=0, split="tokenizer", t
 
 # Counts of expensive work actually done in this process: "tokenizer_trained", "rows_written".
 BUILD_EVENTS: collections.Counter[str] = collections.Counter()
-
-
-def _digest(obj: dict) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
 def resolve_cache_dir(cache_dir: str) -> Path:
@@ -166,14 +164,7 @@ class _Corpus:
         cfg = self.cfg
         data: JsonlTexts = read_jsonl_texts(cfg.path, skip_bad_lines=cfg.skip_bad_lines)
         self.skipped_lines = data.skipped_lines
-        n = len(data.texts)
-        if cfg.num_val_documents >= n:
-            raise ValueError(
-                f"data.num_val_documents={cfg.num_val_documents}: {cfg.path} has only {n} documents; "
-                f"set data.num_val_documents to at most {n - 1} (e.g. {n // 10})"
-            )
-        held_out = np.zeros(n, dtype=bool)
-        held_out[np.random.default_rng(cfg.seed).permutation(n)[: cfg.num_val_documents]] = True
+        held_out = held_out_mask(len(data.texts), cfg.num_val_documents, cfg.seed, cfg.path)
         self._texts["train"] = [t for t, h in zip(data.texts, held_out) if not h]
         self._texts["val"] = [t for t, h in zip(data.texts, held_out) if h]
 
@@ -187,7 +178,7 @@ def _get_tokenizer(cfg: DataConfig, cache_dir: Path, corpus: _Corpus) -> Tokeniz
                 "give a sentencepiece .model file or leave data.tokenizer_model unset to train one"
             )
         return Tokenizer(cfg.tokenizer_model)
-    key = _digest({"trainer": TRAINER_VERSION, "vocab_size": cfg.vocab_size, "corpus": corpus.tokenizer_fingerprint()})
+    key = digest({"trainer": TRAINER_VERSION, "vocab_size": cfg.vocab_size, "corpus": corpus.tokenizer_fingerprint()})
     path = cache_dir / f"tokenizer-{key[:16]}.model"
     if path.is_file():
         return Tokenizer(path)
@@ -197,6 +188,22 @@ def _get_tokenizer(cfg: DataConfig, cache_dir: Path, corpus: _Corpus) -> Tokeniz
     BUILD_EVENTS["tokenizer_trained"] += 1
     log.info("trained tokenizer %s (%d pieces) in %.1fs", path.name, tokenizer.vocab_size, time.perf_counter() - t0)
     return tokenizer
+
+
+def load_tokenizer(cfg: DataConfig) -> Tokenizer:
+    """The tokenizer `cfg` trains with: `data.tokenizer_model` if set, else the cached one of its
+    corpus (trained now on a cold cache). What `build_dataset(cfg).tokenizer` is, without the rows."""
+    cfg.validate()
+    cache_dir = resolve_cache_dir(cfg.cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return _get_tokenizer(cfg, cache_dir, _Corpus(cfg))
+
+
+def corpus_texts(cfg: DataConfig, split: str) -> list[str]:
+    """The documents of `split` of a text source (synthetic | jsonl), as `build_dataset` packs them."""
+    if cfg.source not in ("synthetic", "jsonl"):
+        raise ValueError(f"data.source={cfg.source}: has no plain-text documents; use synthetic or jsonl")
+    return _Corpus(cfg).texts(split)
 
 
 class PackedDataset:
@@ -217,30 +224,18 @@ class PackedDataset:
         self.default_seed = seed
         self.num_rows: int = int(rows["input_ids"].shape[0])
         self.seq_length: int = int(rows["input_ids"].shape[1])
-        self._perms: dict[tuple[int, int], np.ndarray] = {}  # (seed, epoch) -> row permutation
+        self.order = ShuffledOrder(self.num_rows, seed)
 
     def __len__(self) -> int:
         return self.num_rows
 
     def epoch_permutation(self, epoch: int, seed: int | None = None) -> np.ndarray:
         """Row order of `epoch`: the permutation drawn from default_rng(seed + epoch)."""
-        seed = self.default_seed if seed is None else seed
-        key = (seed, epoch)
-        if key not in self._perms:
-            if len(self._perms) >= 4:  # bounded: only the current and next epoch matter
-                self._perms.pop(next(iter(self._perms)))
-            self._perms[key] = np.random.default_rng(seed + epoch).permutation(self.num_rows)
-        return self._perms[key]
+        return self.order.epoch_permutation(epoch, seed)
 
     def sample_rows(self, start: int, count: int, seed: int | None = None) -> np.ndarray:
         """Row indices of global sample positions start .. start+count-1 of the shuffled stream."""
-        positions = np.arange(start, start + count, dtype=np.int64)
-        epochs, offsets = np.divmod(positions, self.num_rows)
-        out = np.empty(count, dtype=np.int64)
-        for e in np.unique(epochs):
-            sel = epochs == e
-            out[sel] = self.epoch_permutation(int(e), seed)[offsets[sel]]
-        return out
+        return self.order.sample_rows(start, count, seed)
 
     def batches(
         self, batch_size: int, start: int = 0, seed: int | None = None, num_batches: int | None = None
@@ -292,8 +287,13 @@ class PackedDataset:
         return dict(self.meta["stats"])
 
 
-def build_dataset(cfg: DataConfig, split: str = "train") -> PackedDataset:
-    """The packed `split` ("train" | "val") of `cfg`, from the cache or built (and cached) now."""
+def build_dataset(cfg: DataConfig, split: str = "train") -> PackedDataset | ShardDataset:
+    """The packed `split` ("train" | "val") of `cfg`, from the cache or built (and cached) now.
+
+    Token shards (source megatron | mindrecord): the training split streams from the shards
+    (`ShardDataset`); the validation split is its first `num_val_documents` documents of
+    `val_paths`, packed and cached like every other source's.
+    """
     cfg.validate()
     if split not in SPLITS:
         raise ValueError(f"split: {split!r} is not a split; use one of {', '.join(SPLITS)}")
@@ -308,14 +308,18 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> PackedDataset:
     tokenizer = _get_tokenizer(cfg, cache_dir, corpus)
     if cfg.source in ("sft", "chat_jsonl"):
         sft.check_chat_tokenizer(tokenizer)
+    if cfg.source in PRETOKENIZED:
+        if split == "train":
+            return ShardDataset(cfg, tokenizer, cache_dir)
+        held_out = ValDocuments(cfg, tokenizer, cache_dir)
     key_inputs = {
         "packer": PACKER_VERSION,
         "split": split,
         "seq_length": cfg.seq_length,
-        "corpus": corpus.fingerprint(split),
+        "corpus": held_out.fingerprint if cfg.source in PRETOKENIZED else corpus.fingerprint(split),
         "tokenizer_sha256": tokenizer.sha256,
     }
-    entry = cache_dir / f"rows-{split}-{_digest(key_inputs)[:16]}"
+    entry = cache_dir / f"rows-{split}-{digest(key_inputs)[:16]}"
     if not (entry / "meta.json").is_file():
         t0 = time.perf_counter()
         if cfg.source in ("sft", "chat_jsonl"):
@@ -323,6 +327,10 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> PackedDataset:
             ids, masks = sft.encode_conversations(tokenizer, convs)
             rows = pack_documents(ids, cfg.seq_length, tokenizer.eod_id, tokenizer.pad_id, target_masks=masks)
             num_documents = len(convs)
+        elif cfg.source in PRETOKENIZED:
+            docs = held_out.read()
+            rows = pack_documents(docs, cfg.seq_length, tokenizer.eod_id, tokenizer.pad_id)
+            num_documents = len(docs)
         else:
             texts = corpus.texts(split)
             rows = pack_documents(tokenizer.encode_batch(texts), cfg.seq_length, tokenizer.eod_id, tokenizer.pad_id)
@@ -343,15 +351,6 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> PackedDataset:
         )
     rows, meta = read_rows(entry)
     return PackedDataset(rows, meta, tokenizer, split, entry, seed=cfg.seed)
-
-
-def load_tokenizer(cfg: DataConfig) -> Tokenizer:
-    """The tokenizer a run with data config `cfg` trains with (from the cache; trained again only on a
-    cold cache), without packing any rows."""
-    cfg.validate()
-    cache_dir = resolve_cache_dir(cfg.cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    return _get_tokenizer(cfg, cache_dir, _Corpus(cfg))
 
 
 def build_conversations(cfg: DataConfig, split: str = "val") -> list[sft.Conversation]:

@@ -29,9 +29,7 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
-
-from recipes.data.jsonl import read_jsonl_records
+from recipes.data.jsonl import held_out_mask, read_jsonl_records
 from recipes.data.synthetic import GENERATOR_VERSION, TASK_FNS
 from recipes.data.tokenizer import ASSISTANT_TOKEN, CHAT_TOKENS, USER_TOKEN, Tokenizer
 
@@ -141,13 +139,7 @@ def jsonl_conversations(path: str, skip_bad_lines: bool, num_val: int, seed: int
         raise ValueError(
             f"data.path={path}: no conversations; add lines {{\"messages\": [...]}} or point data.path at another file"
         )
-    if num_val >= n:
-        raise ValueError(
-            f"data.num_val_documents={num_val}: {path} has only {n} conversations; "
-            f"set data.num_val_documents to at most {n - 1} (e.g. {n // 10})"
-        )
-    held_out = np.zeros(n, dtype=bool)
-    held_out[np.random.default_rng(seed).permutation(n)[:num_val]] = True
+    held_out = held_out_mask(n, num_val, seed, path, unit="conversations")
     val = [c for c, h in zip(convs, held_out) if h]
     val_prompts = {c.prompt for c in val}
     train = [c for c, h in zip(convs, held_out) if not h and c.prompt not in val_prompts]

@@ -17,11 +17,14 @@ then numpy indexing, far faster than the trainer consumes it.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -33,15 +36,40 @@ ROWS_PER_RECORD = 256  # rows are stored in blocks: one record per row makes wri
 _MR_TYPES = {np.int32: "int32", np.float32: "float32"}
 
 
-def write_rows(entry_dir: Path, rows: dict[str, np.ndarray], meta: dict) -> Path:
-    """Write `rows` (the five [N, S] batch arrays) and `meta` as the cache entry `entry_dir`."""
-    from mindspore.mindrecord import FileWriter
+def digest(obj: dict) -> str:
+    """SHA-256 (hex) of a JSON-serialisable description: the content key of a cache entry."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
+
+@contextlib.contextmanager
+def atomic_directory(entry_dir: Path) -> Iterator[Path]:
+    """Yield a fresh temporary directory; when the block succeeds, rename it to `entry_dir` in one step.
+
+    A reader sees a complete entry or none. If another process finished the same entry first, this
+    copy is discarded (entries are named by their content, so both are the same).
+    """
     entry_dir = Path(entry_dir)
     entry_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = entry_dir.with_name(f".{entry_dir.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     tmp_dir.mkdir()
     try:
+        yield tmp_dir
+        try:
+            os.rename(tmp_dir, entry_dir)
+        except OSError:
+            if not entry_dir.is_dir():
+                raise
+            shutil.rmtree(tmp_dir)  # another process finished the same entry first
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+
+
+def write_rows(entry_dir: Path, rows: dict[str, np.ndarray], meta: dict) -> Path:
+    """Write `rows` (the five [N, S] batch arrays) and `meta` as the cache entry `entry_dir`."""
+    from mindspore.mindrecord import FileWriter
+
+    with atomic_directory(entry_dir) as tmp_dir:
         num_rows = int(rows["input_ids"].shape[0])
         if num_rows:
             writer = FileWriter(str(tmp_dir / ROWS_FILE), shard_num=1, overwrite=True)
@@ -55,16 +83,7 @@ def write_rows(entry_dir: Path, rows: dict[str, np.ndarray], meta: dict) -> Path
             writer.commit()
         meta = {**meta, "num_rows": num_rows, "seq_length": int(rows["input_ids"].shape[1])}
         (tmp_dir / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
-        try:
-            os.rename(tmp_dir, entry_dir)
-        except OSError:
-            if not (entry_dir / META_FILE).is_file():
-                raise
-            shutil.rmtree(tmp_dir)  # another process finished the same entry first
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    return entry_dir
+    return Path(entry_dir)
 
 
 def read_meta(entry_dir: Path) -> dict:

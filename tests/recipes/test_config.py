@@ -64,7 +64,7 @@ def test_base_inheritance_and_overrides(tmp_path):
         (["schedule.warmup_steps=500", "train.steps=100"], "schedule.warmup_steps: 500 must be < train.steps=100"),
         (["schedule.min_lr=1.0"], "schedule.min_lr: 1.0 must be between 0 and optimizer.lr=0.003"),
         (["init_from=runs/does-not-exist"], "init_from: runs/does-not-exist does not exist; run the previous stage first or fix the path"),
-        (["data.source=csv"], "data.source: 'csv' is not one of 'synthetic', 'jsonl', 'sft', 'chat_jsonl'"),
+        (["data.source=csv"], "data.source: 'csv' is not one of 'synthetic', 'jsonl', 'sft', 'chat_jsonl', 'megatron', 'mindrecord'"),
         (["train.dtype=fp16"], "train.dtype: 'fp16' is not one of 'float32', 'bfloat16'; did you mean bfloat16?"),
     ],
 )
