@@ -41,17 +41,22 @@ search: setup  ## rank strategies: make search MODEL=pangu_pro_moe DEVICES=4096 
 launch: setup  ## msrun a recipe: make launch RECIPE=... STRATEGY=... [ARGS="--hostfile hosts --dry-run"]
 	$(PY) -m parallel_strategies launch --recipe $(RECIPE) --strategy $(STRATEGY) $(ARGS)
 
-.PHONY: export average
+.PHONY: export import average
 export: setup  ## serving layout (docs/export.md): make export RUN=runs/<name> [OUT=exports/<name>] [ARGS="--dtype bf16 --mindir"]
 	$(PY) -m recipes.export $(RUN) --out $(or $(OUT),exports/$(notdir $(RUN))) $(ARGS)
+import: setup  ## serving directory -> run directory (docs/export.md): make import DIR=<hf dir> OUT=runs/<name>
+	$(PY) -m recipes.import_hf $(DIR) --out $(OUT) $(ARGS)
 average: setup  ## weight averaging: make average RUN=runs/<name> [LAST=3 METHOD=ema ARGS="--decay 0.9"] [OUT=runs/<name>-avg]; grouped: ARGS="--base C --group 0.5:C1,C2"
 	$(PY) -m recipes.average --out $(or $(OUT),$(RUN)-avg) $(if $(RUN),--run $(RUN) --last $(or $(LAST),3)) $(if $(METHOD),--method $(METHOD)) $(ARGS)
 
-.PHONY: pipeline eval generate
+.PHONY: pipeline eval generate score
 pipeline: setup  ## staged recipes end to end: make pipeline MODEL=pangu_pro_moe|pangu_ultra_moe|mindvl [ARGS="--limit 64"]
 	$(PY) -m recipes.pipeline recipes/$(MODEL)/pipeline.yaml $(ARGS)
 eval: setup  ## greedy exact match on held-out prompts: make eval RUN=runs/pro_sft [ARGS="--limit 100"]
 	$(PY) -m recipes.evaluate $(RUN) $(ARGS)
+score: setup  ## logits for token ids (docs/export.md): make score RUN=runs/<name>|exports/<name> TOKENS=1,2,3 [OUT=logits.npy] [ARGS="--pixel-values X.npy --grid-thw 1,4,4"]
+	$(PY) -m recipes.score $(RUN) --tokens $(TOKENS) --out $(or $(OUT),logits.npy) $(ARGS)
+
 generate: setup  ## make generate RUN=runs/pro_sft PROMPT="copy: a b c ->" [ARGS="--temperature 0.8 --top-p 0.9"]
 	$(PY) -m recipes.generate $(RUN) --prompt "$(PROMPT)" $(ARGS)
 

@@ -152,7 +152,7 @@ def serving_assets(hf_dir: str) -> dict:
 def example_inputs(cfg: MindVLConfig, seq_len: int, patches: int) -> list:
     """One all-padding row of the multimodal batch (construct's 12 inputs, static shapes)."""
     from mindvl.data import collate
-    from mindvl.model import MM_KEYS
+    from mindvl.model import FORWARD_KEYS
     from mindvl.processor import ByteTokenizer
 
     vision = cfg.vision_for_decoder()
@@ -160,7 +160,7 @@ def example_inputs(cfg: MindVLConfig, seq_len: int, patches: int) -> list:
     if patches % (merge * merge):
         raise ValueError(f"--mindir-patches: {patches} is not a multiple of {merge * merge} (merge {merge}x{merge})")
     batch = collate([], [[]], seq_len, patches, ByteTokenizer(), merge, vision.window_merged, vision.patch_dim)
-    return [batch[k] for k in ("input_ids", "position_ids", "segment_ids") + MM_KEYS]
+    return [batch[k] for k in FORWARD_KEYS]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -379,3 +379,57 @@ def collate(samples, rows, seq_len: int, max_patches: int, tokenizer, merge: int
         grids_per_row.append(grids)
     batch.update(vision_inputs(grids_per_row, max_patches, merge, window_merged))
     return batch
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """What `collate` reads from a tokenizer (its pad id and the <|image_pad|> id) for given token ids."""
+    pad_id: int
+    image_pad_id: int
+
+    def token_id(self, name: str) -> int:
+        if name != "<|image_pad|>":
+            raise KeyError(f"{name}: SpecialIds knows only <|image_pad|>")
+        return self.image_pad_id
+
+
+def image_runs(ids: np.ndarray, image_token_id: int) -> list[tuple[int, int]]:
+    """(start, length) of each run of `image_token_id` in `ids`, in order."""
+    is_img = np.concatenate([[False], ids == image_token_id, [False]])
+    edges = np.flatnonzero(is_img[1:] != is_img[:-1])
+    return [(int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def sequence_inputs(cfg, ids, pixel_values=None, grid_thw=None) -> dict:
+    """One token sequence (with its images' patches [P, D_p] in merge order and grids [n, 3] (t, h, w), as
+    Qwen2.5-VL's image processor gives them) as a one-row batch for `model(...)` of a MindVLConfig `cfg`.
+    Each image is a run of t·h·w / merge² `cfg.image_token_id` tokens, in grid order; anything else is refused
+    in one line."""
+    vision = cfg.vision_for_decoder()
+    merge, dim = vision.spatial_merge_size, vision.patch_dim
+    if (pixel_values is None) != (grid_thw is None):
+        raise ValueError("pixel values and grid_thw go together: give both (patches [P, D_p] and t,h,w per image) "
+                         "or neither")
+    ids = np.asarray(ids, np.int32).reshape(-1)
+    grids = np.zeros((0, 3), np.int32) if grid_thw is None else np.asarray(grid_thw, np.int32).reshape(-1, 3)
+    patches = np.zeros((0, dim), np.float32) if pixel_values is None else np.asarray(pixel_values, np.float32)
+    if patches.ndim != 2 or patches.shape[1] != dim:
+        raise ValueError(f"pixel values: shape {patches.shape}, expected [patches, {dim}] (channels x temporal patch "
+                         f"x {vision.patch_size}² per patch, the processor's flattened patches)")
+    if (grids <= 0).any() or (grids[:, 1:] % merge).any():
+        raise ValueError(f"grid_thw: {grids.tolist()}: t, h, w must be positive and h, w multiples of the merge "
+                         f"size {merge}")
+    if patches.shape[0] != int(grids.prod(axis=1).sum()):
+        raise ValueError(f"pixel values: {patches.shape[0]} patches, but grid_thw {grids.tolist()} has "
+                         f"{int(grids.prod(axis=1).sum())}; give the patches of exactly these images")
+    runs = image_runs(ids, cfg.image_token_id)
+    want = [int(t * h * w) // (merge * merge) for t, h, w in grids]
+    if [n for _, n in runs] != want:
+        raise ValueError(f"tokens: image token {cfg.image_token_id} runs of {[n for _, n in runs]} tokens, but "
+                         f"grid_thw needs {want} (t·h·w / {merge * merge} per image, in order); "
+                         "put one run per image in the ids")
+    sample = Sample(ids, np.zeros(ids.size, bool), patches, grids,
+                    layout.mrope_positions(ids, grids, cfg.image_token_id, merge))
+    slots = max(patches.shape[0], merge * merge)
+    return collate([sample], [[0]], ids.size, slots, SpecialIds(0, cfg.image_token_id), merge, vision.window_merged,
+                   dim)

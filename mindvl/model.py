@@ -25,6 +25,7 @@ from pangu.decoders import get_decoder
 VISION_KEYS = ("pixel_values", "vit_position_ids", "vit_segment_ids", "vit_window_ids", "window_index",
                "reverse_window_index")
 MM_KEYS = ("mrope_position_ids", "image_mask", "image_token_index") + VISION_KEYS
+FORWARD_KEYS = ("input_ids", "position_ids", "segment_ids") + MM_KEYS   # construct's inputs, in order
 
 
 class MindVL(nn.Cell):
@@ -51,6 +52,20 @@ class MindVL(nn.Cell):
         # forward_embeddings returns the balance term averaged over layers (Pro) or summed over the
         # main MoE layers (Ultra, which exposes num_moe_main); MTP layers are not used by MindVL.
         self.balance_div = float(max(getattr(self.language_model, "num_moe_main", 1), 1))
+        # the decoder's aux-loss-free balancing (an Ultra decoder with router_bias_update_rate > 0)
+        self.tracks_expert_load = bool(getattr(self.language_model, "tracks_expert_load", False))
+
+    def expert_loads(self):
+        return self.language_model.expert_loads()
+
+    def zero_expert_loads(self):
+        return self.language_model.zero_expert_loads()
+
+    def update_expert_bias(self, loads, applied):
+        return self.language_model.update_expert_bias(loads, applied)
+
+    def restore_expert_loads(self, loads):
+        return self.language_model.restore_expert_loads(loads)
 
     def image_features(self, pixel_values, vit_position_ids, vit_segment_ids, vit_window_ids, window_index,
                        reverse_window_index):
@@ -92,9 +107,7 @@ class MindVL(nn.Cell):
 
 def batch_args(model: MindVL, batch: dict, keys=None):
     """Tensors for `model(...)` (keys None) or `model.loss(...)` (keys = model.BATCH_KEYS)."""
-    if keys is None:
-        keys = ("input_ids", "position_ids", "segment_ids") + MM_KEYS
-    return [Tensor(batch[k]) for k in keys]
+    return [Tensor(batch[k]) for k in (keys or FORWARD_KEYS)]
 
 
 def init_weights(model: MindVL, cfg: MindVLConfig, seed=None) -> MindVL:
@@ -109,3 +122,11 @@ def init_weights(model: MindVL, cfg: MindVLConfig, seed=None) -> MindVL:
 def build_model(cfg: MindVLConfig, seed=None, attention_impl: str = "auto") -> MindVL:
     """The initialised MindVL of a config."""
     return init_weights(MindVL(cfg, attention_impl), cfg, seed)
+
+
+def forward_inputs(cfg: MindVLConfig, ids, pixel_values=None, grid_thw=None) -> list:
+    """`model(...)`'s numpy inputs for one sequence (the ModelSpec hook; see mindvl.data.sequence_inputs)."""
+    from mindvl.data import sequence_inputs
+
+    batch = sequence_inputs(cfg, ids, pixel_values, grid_thw)
+    return [batch[k] for k in FORWARD_KEYS]

@@ -10,4 +10,4 @@ SPEC = ModelSpec(
     name="mindvl", config_cls=config.MindVLConfig, presets=config.PRESETS, instantiate=model.MindVL,
     init_weights=model.init_weights, count_parameters=config.count_parameters, shape=config.model_shape,
     serving=convert.SERVING, data_config_cls=MindVLDataConfig, build_dataset=MultimodalPackedDataset,
-    evaluate=evaluate_dataset)
+    evaluate=evaluate_dataset, forward_inputs=model.forward_inputs)

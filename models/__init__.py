@@ -41,11 +41,11 @@ def spec_of(cfg) -> ModelSpec:
 
 
 def spec_for_model_type(model_type) -> ModelSpec:
-    """The spec whose serving layout writes config.json's `model_type` (import)."""
+    """The spec one of whose serving layouts writes config.json's `model_type` (import)."""
     for spec in SPECS.values():
-        if spec.serving.model_type == model_type:
+        if model_type in spec.layouts:
             return spec
-    known = sorted(spec.serving.model_type for spec in SPECS.values())
+    known = sorted(mt for spec in SPECS.values() for mt in spec.layouts)
     raise ValueError(f"config.json: model_type {model_type!r} is not supported; known: {known}")
 
 

@@ -18,10 +18,12 @@ about a second) and `train_flops`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import contextlib
+
+import numpy as np
 
 from pangu.common.config_utils import replace_strict
 from pangu.shape import ModelShape
@@ -44,7 +46,10 @@ class ServingLayout:
     to_hf: Callable[[dict, Any], dict]                # (our state, cfg) -> serving state
     from_hf: Callable[[dict, Any], dict]              # (serving state, cfg) -> our state
     config_to_hf: Callable[[Any], dict]               # cfg -> config.json
-    config_from_hf: Callable[[dict, Sequence[str]], Any]  # (config.json, serving tensor names) -> cfg
+    config_from_hf: Callable[[dict, Optional[Sequence[str]]], Any]  # (config.json, tensor names | None) -> cfg
+    # keys a serving loader needs that an imported source's config.json may lack (a re-export of an imported
+    # checkpoint keeps the source's config.json and adds only these; e.g. openPangu's router_enable_expert_bias)
+    required_keys: tuple = ()
     # Optional hooks of an architecture whose serving directory carries more than a sentencepiece
     # tokenizer (MindVL: tokenizer.json + preprocessor_config.json); None = plain text model.
     run_assets: Optional[Callable] = None       # (data config, run_dir) -> {"tokenizer": .., "processor": ..}
@@ -64,10 +69,36 @@ class ModelSpec:
     init_weights: Callable[[Any, Any, Optional[int]], Any]  # (model, cfg, seed) -> model
     count_parameters: Callable[[Any], tuple]
     shape: Callable[[Any], ModelShape]
-    serving: ServingLayout
+    serving: ServingLayout                            # the default serving layout (export's --layout default)
+    other_layouts: Mapping[str, ServingLayout] = field(default_factory=dict)   # --layout NAME -> layout
     data_config_cls: Optional[type] = None            # the recipe's `data:` dataclass (default: text data)
     build_dataset: Optional[Callable] = None          # (data config, split) -> dataset with PackedDataset's API
     evaluate: Optional[Callable] = None               # (model, dataset) -> {metric: value} at every evaluation
+    forward_inputs: Optional[Callable] = None         # (cfg, ids, pixel_values, grid_thw) -> model(...)'s numpy
+                                                      # inputs for one sequence (None: a text model's three)
+
+    @property
+    def layouts(self) -> dict:
+        """Every serving layout by its model_type (the default first)."""
+        return {self.serving.model_type: self.serving, **self.other_layouts}
+
+    def layout(self, name: str | None = None) -> ServingLayout:
+        """The serving layout `name` (a model_type; None: the default), or a one-line ValueError."""
+        if name is None:
+            return self.serving
+        if name not in self.layouts:
+            raise ValueError(f"--layout: {self.name} has no {name!r} serving layout; use one of {sorted(self.layouts)}")
+        return self.layouts[name]
+
+    def sequence_inputs(self, cfg, ids, pixel_values=None, grid_thw=None) -> list:
+        """`model(...)`'s numpy inputs for one token sequence (batch of one): ids, positions 0.., one segment
+        for a text model; the arch's `forward_inputs` hook for one that also takes images."""
+        if self.forward_inputs is not None:
+            return self.forward_inputs(cfg, ids, pixel_values, grid_thw)
+        if pixel_values is not None or grid_thw is not None:
+            raise ValueError(f"pixel values: {self.name} is a text model; score it with token ids only")
+        ids = np.asarray(ids, np.int32).reshape(1, -1)
+        return [ids, np.arange(ids.shape[1], dtype=np.int32)[None], np.ones_like(ids)]
 
     def config(self, preset: str = "tiny", **overrides):
         """A preset's config with overrides (unknown keys name their neighbours), validated."""

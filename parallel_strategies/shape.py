@@ -26,7 +26,7 @@ def config_of(cfg: Any):
     """A config dataclass, or a config.json dict read through its architecture's serving layout."""
     if isinstance(cfg, dict):
         spec = models.spec_for_model_type(cfg.get("model_type"))
-        return spec.serving.config_from_hf(cfg, None)
+        return spec.layout(cfg.get("model_type")).config_from_hf(cfg, None)
     return cfg
 
 

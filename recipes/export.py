@@ -1,7 +1,7 @@
 """Export a run to the serving (Hugging Face Hub) layout that vLLM / vLLM-Ascend / MindIE / transformers read:
 
     python -m recipes.export RUN_OR_CKPT --out DIR [--dtype fp32|bf16] [--shard-size 2GB] [--mindir]
-                             [--mindir-seq-len 128] [--mindir-patches 256] [--overwrite]
+                             [--mindir-seq-len 128] [--mindir-patches 256] [--layout deepseek_v3] [--overwrite]
 
 The files written and the layout rules are in recipes.io.hf (and docs/export.md); `make export` wraps this.
 User errors print one line and exit with status 2 (`--debug` for the traceback).
@@ -29,6 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mindir", action="store_true", help="also write model.mindir (inference graph)")
     p.add_argument("--mindir-seq-len", type=int, default=128, help="static sequence length of the MINDIR graph")
     p.add_argument("--mindir-patches", type=int, default=256, help="MindVL: static patch slots of the MINDIR graph")
+    p.add_argument("--layout", default=None, help="serving layout by model_type (Ultra: pangu_ultra_moe, the "
+                   "default, or deepseek_v3); default: the architecture's own, or an imported run's source layout")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     return p.parse_args(argv)
@@ -39,7 +41,7 @@ def main(argv=None) -> int:
 
     def body():
         export_run(args.path, args.out, args.dtype, args.shard_size, args.mindir, args.mindir_seq_len, args.overwrite,
-                   mindir_patches=args.mindir_patches)
+                   mindir_patches=args.mindir_patches, layout=args.layout)
 
     return run_command(body, args.debug)
 

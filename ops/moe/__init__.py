@@ -3,7 +3,7 @@
 Public API (each op has `impl=` "auto" | "reference" | "fast" | "ascend"):
   moge_route(logits_TE, num_groups, scale_1E=None, impl)
   topk_route(logits_TE, top_k, score_func="softmax", bias_E=None, norm_topk_prob=False,
-             scaling_factor=1.0, impl)
+             scaling_factor=1.0, impl, n_group=1, topk_group=1)   (DeepSeek-V3 group-limited selection)
   permute_plan(experts_TK, num_experts, block, impl)   expert-blocked padded layout (CPU/graph
                                                        stand-in for grouped_matmul, see reference.py)
   expert_counts(experts_TK, num_experts, impl)
@@ -88,13 +88,15 @@ def moge_route(logits_TE, num_groups, scale_1E=None, impl="auto"):
 
 
 def topk_route(logits_TE, top_k, score_func="softmax", bias_E=None, norm_topk_prob=False,
-               scaling_factor=1.0, impl="auto"):
-    """Plain top-k routing with optional selection-only bias -> (weights, experts, probs)."""
+               scaling_factor=1.0, impl="auto", n_group=1, topk_group=1):
+    """Top-k routing with optional selection-only bias and group limit -> (weights, experts, probs)."""
     if impl not in ("reference", "fast"):
         impl = resolve_impl("topk_route", impl)
     if impl == "fast":
-        return _fast.topk_route(logits_TE, top_k, score_func, bias_E, norm_topk_prob, scaling_factor)
-    return _ref.topk_route(logits_TE, top_k, score_func, bias_E, norm_topk_prob, scaling_factor)
+        return _fast.topk_route(logits_TE, top_k, score_func, bias_E, norm_topk_prob, scaling_factor, n_group,
+                                topk_group)
+    return _ref.topk_route(logits_TE, top_k, score_func, bias_E, norm_topk_prob, scaling_factor, n_group,
+                           topk_group)
 
 
 def permute_plan(experts_TK, num_experts, block, impl="auto"):

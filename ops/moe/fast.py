@@ -30,10 +30,11 @@ def moge_route(logits_TE, num_groups, scale_1E=None):
 
 
 def topk_route(logits_TE, top_k, score_func="softmax", bias_E=None, norm_topk_prob=False,
-               scaling_factor=1.0):
-    """Top-k routing (see reference.topk_route); skips the gather when there is no bias."""
-    if bias_E is not None:
-        return _ref.topk_route(logits_TE, top_k, score_func, bias_E, norm_topk_prob, scaling_factor)
+               scaling_factor=1.0, n_group=1, topk_group=1):
+    """Top-k routing (see reference.topk_route); skips the gather when there is no bias and no group limit."""
+    if bias_E is not None or (n_group > 1 and topk_group < n_group):
+        return _ref.topk_route(logits_TE, top_k, score_func, bias_E, norm_topk_prob, scaling_factor, n_group,
+                               topk_group)
     scores_TE, probs_TE = _ref.router_scores(logits_TE, score_func)
     weights_TK, experts_TK = ops.topk(scores_TE, top_k)
     if norm_topk_prob:

@@ -52,16 +52,33 @@ def router_scores(logits_TE, score_func):
     raise ValueError(f"score_func: unknown {score_func!r}; use 'softmax' or 'sigmoid'")
 
 
+def group_limited(select_TE, n_group, topk_group):
+    """DeepSeek-V3's group-limited selection (topk_method "noaux_tc"): the E experts form n_group
+    contiguous groups; a group scores the sum of its two best selection scores; only the experts of the
+    topk_group best groups stay selectable (the others get -inf). n_group == 1: unchanged."""
+    if n_group == 1 or topk_group >= n_group:
+        return select_TE
+    t, e = select_TE.shape
+    grouped_TGm = select_TE.reshape(t, n_group, e // n_group)
+    group_TG = ops.topk(grouped_TGm, 2)[0].sum(-1)
+    _, best_TK = ops.topk(group_TG, topk_group)
+    one, zero = Tensor(1.0, ms.float32), Tensor(0.0, ms.float32)
+    keep_TG = ops.one_hot(best_TK.astype(ms.int32), n_group, one, zero).sum(1)
+    keep_TE = ops.broadcast_to(keep_TG[:, :, None], grouped_TGm.shape).reshape(t, e)
+    return ops.where(keep_TE > 0, select_TE, ops.full_like(select_TE, -float("inf")))
+
+
 def topk_route(logits_TE, top_k, score_func="softmax", bias_E=None, norm_topk_prob=False,
-               scaling_factor=1.0):
-    """Top-k routing. `bias_E` shifts the SELECTION only; weights come from the raw scores.
+               scaling_factor=1.0, n_group=1, topk_group=1):
+    """Top-k routing. `bias_E` shifts the SELECTION only; weights come from the raw scores;
+    `n_group` / `topk_group` limit the selection to the best groups (`group_limited`).
 
     Returns (weights_TK fp32, experts_TK int32, probs_TE fp32) where probs_TE are the scores the
     balance loss uses (softmax scores, or sigmoid scores normalised to sum 1 per token).
     """
     scores_TE, probs_TE = router_scores(logits_TE, score_func)
     select_TE = scores_TE if bias_E is None else scores_TE + bias_E.astype(ms.float32)
-    _, experts_TK = ops.topk(select_TE, top_k)
+    _, experts_TK = ops.topk(group_limited(select_TE, n_group, topk_group), top_k)
     experts_TK = experts_TK.astype(ms.int32)
     weights_TK = ops.gather_elements(scores_TE, 1, experts_TK)
     if norm_topk_prob:

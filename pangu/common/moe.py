@@ -58,11 +58,12 @@ class MoGERouter(nn.Cell):
 
 class TopKRouter(nn.Cell):
     """Plain top-k router: softmax or sigmoid scores; optional selection-only bias
-    `e_score_correction_bias` [E] (not trained by gradients; updated by an aux-free balancing
-    rule outside the model); optional renormalisation; scaling factor."""
+    `e_score_correction_bias` [E] (not trained by gradients; updated by the aux-loss-free balancing
+    rule, pangu.common.routers); optional group-limited selection (DeepSeek-V3's n_group /
+    topk_group); optional renormalisation; scaling factor."""
 
     def __init__(self, hidden_size, num_experts, top_k, score_func="softmax",
-                 selection_bias=False, norm_topk_prob=False, scaling_factor=1.0):
+                 selection_bias=False, norm_topk_prob=False, scaling_factor=1.0, n_group=1, topk_group=1):
         super().__init__()
         self.weight = zeros_param((num_experts, hidden_size), ("router", "embed"))
         self.e_score_correction_bias = (zeros_param((num_experts,), ("router",), requires_grad=False)
@@ -72,14 +73,15 @@ class TopKRouter(nn.Cell):
         self.score_func = score_func
         self.norm_topk_prob = norm_topk_prob
         self.scaling_factor = float(scaling_factor)
+        self.n_group, self.topk_group = int(n_group), int(topk_group)   # group-limited selection
         self.matmul = ops.MatMul(transpose_b=True)
         self.route_impl = moe_ops.resolve_impl("topk_route")      # resolved once, at build time
 
     def construct(self, h_TH):
         logits_TE = self.matmul(h_TH.astype(ms.float32), self.weight)
         bias = self.e_score_correction_bias if self.has_bias else None
-        return moe_ops.topk_route(logits_TE, self.top_k, self.score_func, bias,
-                                  self.norm_topk_prob, self.scaling_factor, self.route_impl)
+        return moe_ops.topk_route(logits_TE, self.top_k, self.score_func, bias, self.norm_topk_prob,
+                                  self.scaling_factor, self.route_impl, self.n_group, self.topk_group)
 
 
 # ----------------------------------------------------------------------------- experts

@@ -5,6 +5,7 @@ Legend: T tokens, H hidden, E routed experts, K experts per token.
 Router (plugs into pangu.common.moe.MoE as `mlp.gate`; the router contract is in moe.py):
     s_TE = sigmoid(W h) in fp32
     chosen = top-K of (s + e_score_correction_bias)    <- the bias changes the SELECTION only
+    (n_group > 1: only the experts of the topk_group best groups are candidates, DeepSeek-V3)
     w = s[chosen] / sum_k s[chosen] (norm_topk_prob) * routed_scaling_factor
     probs_TE (for the balance loss) = s / sum_e s       (sigmoid affinities normalised per token)
 The scoring itself is ops.moe.topk_route (owned by the MoE-ops author); this file adds the
@@ -24,8 +25,11 @@ data-parallel gradient averaging each rank's p-gradient is exactly that of the g
 Aux-loss-free balancing (DeepSeek-V3): after each optimiser step,
     b_i += gamma * sign(mean_j load_j - load_i)
 with load = expert assignment counts of the whole step (all micro-batches, all data-parallel
-ranks). The router accumulates its counts in the non-trained buffer `expert_load` during
-`loss()`; `apply_expert_bias_update` (below) applies the rule and zeroes the buffer.
+ranks). Everything happens inside the trainer's compiled graphs (a value changed with
+`Parameter.set_data` after a graph compiled may never reach it): the step starts with `zero_load`,
+the routers accumulate their counts in the non-trained buffer `expert_load` during `loss()`, and
+after the optimiser update `update_bias` applies the rule to the loads summed over the data-parallel
+ranks and keeps them in `expert_load` (so every checkpoint records the loads behind its bias).
 """
 import numpy as np
 import mindspore as ms
@@ -39,21 +43,24 @@ BALANCE_SCOPES = ("micro_batch", "ep_group", "global")
 
 
 class SigmoidTopKRouter(TopKRouter):
-    """TopKRouter with sigmoid scores + an `expert_load` counter buffer for the bias update.
+    """TopKRouter with sigmoid scores + the aux-loss-free bias update, all inside compiled graphs.
 
     Parameters: `weight` [E, H] (trained), `e_score_correction_bias` [E] (not trained; only when
-    `selection_bias`), `expert_load` [E] (not trained; assignment counts since the last update,
-    only accumulated when `track_load`). construct -> (weights_TK, experts_TK, probs_TE).
+    `selection_bias`), `expert_load` [E] (not trained; only when `bias_update_rate` > 0): the
+    assignment counts of the current optimiser step, accumulated by `construct`; after the update it
+    holds the loads the update used (summed over data-parallel ranks), so a checkpoint records them.
+    construct -> (weights_TK, experts_TK, probs_TE).
     """
 
     def __init__(self, hidden_size, num_experts, top_k, selection_bias=True, norm_topk_prob=True,
-                 scaling_factor=2.5, track_load=False):
+                 scaling_factor=2.5, bias_update_rate=0.0, n_group=1, topk_group=1):
         super().__init__(hidden_size, num_experts, top_k, "sigmoid", selection_bias,
-                         norm_topk_prob, scaling_factor)
+                         norm_topk_prob, scaling_factor, n_group, topk_group)
         self.num_experts = num_experts
-        self.track_load = bool(track_load)
+        self.track_load = bias_update_rate > 0
+        self.rate = float(bias_update_rate)
         self.expert_load = (zeros_param((num_experts,), ("router",), requires_grad=False)
-                            if track_load else None)
+                            if self.track_load else None)
         self.counts_impl = moe_ops.resolve_impl("expert_counts")  # resolved once, at build time
 
     def construct(self, h_TH):
@@ -61,12 +68,25 @@ class SigmoidTopKRouter(TopKRouter):
         bias = self.e_score_correction_bias if self.has_bias else None
         weights_TK, experts_TK, probs_TE = moe_ops.topk_route(
             logits_TE, self.top_k, "sigmoid", bias, self.norm_topk_prob, self.scaling_factor,
-            self.route_impl)
+            self.route_impl, self.n_group, self.topk_group)
         if self.track_load:
             counts_E = ops.stop_gradient(moe_ops.expert_counts(experts_TK, self.num_experts,
                                                                self.counts_impl))
             ops.assign_add(self.expert_load, counts_E)
         return weights_TK, experts_TK, probs_TE
+
+    def update_bias(self, load_E, applied):
+        """In-graph aux-loss-free step from this step's loads `load_E` (summed over ranks by the caller):
+        b += rate * sign(mean load - load) when `applied` (the guard kept the step); records load_E."""
+        bias = self.e_score_correction_bias
+        new_bias = bias + self.rate * ops.sign(load_E.mean() - load_E)
+        ops.assign(bias, ops.select(ops.broadcast_to(applied, bias.shape), new_bias, bias))
+        ops.assign(self.expert_load, load_E)
+        return load_E
+
+    def zero_load(self):
+        """Start a step's count (in-graph)."""
+        return ops.assign(self.expert_load, ops.zeros_like(self.expert_load))
 
 
 # ----------------------------------------------------------------------------- balance loss
@@ -163,26 +183,7 @@ def routers_with_load(model):
             if isinstance(cell, SigmoidTopKRouter) and cell.track_load]
 
 
-def apply_expert_bias_update(model, rate, all_reduce_load=None):
-    """Apply the aux-loss-free rule to every tracking router of `model`, then zero its load.
-
-    Call after each optimiser step (outside jit). `all_reduce_load(np.ndarray) -> np.ndarray`
-    must sum the loads over the data-parallel ranks when training on several ranks (every rank
-    must apply the same update); None means single process. Returns the per-layer loads used.
-    """
-    loads = []
-    for router in routers_with_load(model):
-        load = router.expert_load.asnumpy()
-        if all_reduce_load is not None:
-            load = np.asarray(all_reduce_load(load))
-        loads.append(load)
-        new_bias = expert_bias_update(router.e_score_correction_bias.asnumpy(), load, rate)
-        router.e_score_correction_bias.set_data(Tensor(new_bias))
-        router.expert_load.set_data(Tensor(np.zeros(load.shape, np.float32)))
-    return loads
-
-
 def reset_expert_load(model):
-    """Zero the load counters (e.g. after evaluation batches, which also pass through loss())."""
+    """Zero the load counters of a model being built (host-side, before any graph compiles)."""
     for router in routers_with_load(model):
         router.expert_load.set_data(Tensor(np.zeros(router.expert_load.shape, np.float32)))

@@ -48,6 +48,8 @@ class PanguUltraMoEConfig:
     num_mtp_layers: int = 1  # multi-token-prediction modules (depth d predicts token t+1+d)
     routed_scaling_factor: float = 2.5  # multiplies the (renormalised) routing weights
     norm_topk_prob: bool = True  # renormalise the top-k sigmoid scores to sum 1
+    n_group: int = 1  # DeepSeek-V3 group-limited routing: the experts form n_group contiguous groups
+    topk_group: int = 1  # ... and only the experts of the topk_group best groups are candidates
     router_enable_expert_bias: bool = True  # e_score_correction_bias: added for selection only
     router_bias_update_rate: float = 0.0  # aux-loss-free bias step gamma (0: bias stays fixed)
     router_aux_loss_coef: float = 0.01  # alpha of the balance loss alpha * sum_i f_i p_i
@@ -101,6 +103,15 @@ class PanguUltraMoEConfig:
         if self.num_experts_per_tok > self.num_routed_experts:
             raise ValueError(f"num_experts_per_tok: {self.num_experts_per_tok} > num_routed_experts "
                              f"{self.num_routed_experts}; choose at most num_routed_experts")
+        if self.n_group < 1 or self.num_routed_experts % self.n_group:
+            raise ValueError(f"n_group: {self.n_group} does not divide num_routed_experts {self.num_routed_experts}; "
+                             "use a divisor (1 = no group limit)")
+        if not 1 <= self.topk_group <= self.n_group:
+            raise ValueError(f"topk_group: {self.topk_group} must be in [1, n_group={self.n_group}]; "
+                             "use n_group for no limit")
+        if self.num_experts_per_tok > self.topk_group * (self.num_routed_experts // self.n_group):
+            raise ValueError(f"num_experts_per_tok: {self.num_experts_per_tok} experts do not fit in topk_group "
+                             f"{self.topk_group} groups of {self.num_routed_experts // self.n_group}; raise topk_group")
         if self.num_shared_experts > 1:
             raise ValueError(f"num_shared_experts: {self.num_shared_experts} is not supported; "
                              "use 0 or 1 (several shared experts are one wider MLP: raise "
@@ -131,27 +142,6 @@ class PanguUltraMoEConfig:
     def replace(self, **kw) -> "PanguUltraMoEConfig":
         """A validated copy with some fields changed."""
         return dataclasses.replace(self, **kw).validate()
-
-    def to_hf_dict(self) -> dict:
-        """config.json of the serving layout (openPangu key names)."""
-        keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                "attention_q_lora_dim", "attention_kv_lora_dim", "attention_qk_dim",
-                "attention_qk_rope_dim", "attention_v_dim", "intermediate_size",
-                "moe_intermediate_size", "num_routed_experts", "num_experts_per_tok",
-                "num_shared_experts", "num_dense_layers", "num_mtp_layers", "routed_scaling_factor",
-                "norm_topk_prob", "rms_norm_eps", "rope_theta", "max_position_embeddings",
-                "sandwich_norm", "tie_word_embeddings")
-        d = {k: getattr(self, k) for k in keys}
-        d.update(architectures=["PanguUltraMoEForCausalLM"], model_type="pangu_ultra_moe",
-                 hidden_act="silu", torch_dtype="bfloat16",
-                 num_nextn_predict_layers=self.num_mtp_layers)  # the key vLLM's MTP loader reads
-        return d
-
-    @classmethod
-    def from_hf_dict(cls, d: dict) -> "PanguUltraMoEConfig":
-        """Inverse of to_hf_dict (unknown serving keys are ignored)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names}).validate()
 
 
 def tiny() -> PanguUltraMoEConfig:

@@ -35,8 +35,7 @@ from pangu.common.mla import MultiHeadLatentAttention, mla_rotary_tables
 from pangu.common.mlp import SwiGLUMLP
 from pangu.common.moe import MoE
 from pangu.common.mtp import MTPLayerMixin, mtp_targets, shift_left
-from pangu.common.routers import (ScopedBalanceLoss, SigmoidTopKRouter, apply_expert_bias_update,
-                                  balance_reduce_group, reset_expert_load)
+from pangu.common.routers import ScopedBalanceLoss, SigmoidTopKRouter, balance_reduce_group, reset_expert_load
 from pangu.common.sandwich import init_dssn_post_norms, init_tiny
 from pangu.ultra_moe.config import PanguUltraMoEConfig
 
@@ -51,8 +50,8 @@ class UltraMoE(MoE):
         cd = dtype_of(cfg.compute_dtype)
         router = SigmoidTopKRouter(cfg.hidden_size, cfg.num_routed_experts, cfg.num_experts_per_tok,
                                    cfg.router_enable_expert_bias, cfg.norm_topk_prob,
-                                   cfg.routed_scaling_factor,
-                                   track_load=cfg.router_bias_update_rate > 0)
+                                   cfg.routed_scaling_factor, cfg.router_bias_update_rate, cfg.n_group,
+                                   cfg.topk_group)
         super().__init__(cfg.hidden_size, cfg.moe_intermediate_size, cfg.num_routed_experts,
                          cfg.num_experts_per_tok, router, 0, cfg.expert_impl, cd,
                          imbalance_devices=cfg.num_experts_per_tok)
@@ -221,6 +220,11 @@ class PanguUltraMoEForCausalLM(CausalLM):
         self.num_moe_main = cfg.num_moe_layers
         mtp_moe = cfg.num_dense_layers < cfg.num_hidden_layers
         self.num_moe_total = self.num_moe_main + (self.num_mtp if mtp_moe else 0)
+        # aux-loss-free balancing: the layers whose routers count their load (trainer hooks below)
+        self.tracks_expert_load = cfg.router_bias_update_rate > 0
+        L, nd = cfg.num_hidden_layers, cfg.num_dense_layers
+        self.moe_layer_ids = tuple(i for i in range(L + cfg.num_mtp_layers) if self.tracks_expert_load
+                                   and (nd <= i < L or (i >= L and mtp_moe)))
 
     def loss(self, input_ids, labels, loss_mask, position_ids, segment_ids):
         h, balance, imbalance = self.model(input_ids, position_ids, segment_ids)
@@ -244,18 +248,29 @@ class PanguUltraMoEForCausalLM(CausalLM):
         total = lm_loss + aux_loss + self.mtp_weight * mtp_loss
         return total, (lm_loss, aux_loss, mtp_loss, ops.stop_gradient(imbalance))
 
-    # -- aux-loss-free balancing hooks for the trainer (outside jit) ---------------------------
-    def update_expert_bias(self, all_reduce_load=None):
-        """b_i += router_bias_update_rate * sign(mean load - load_i) for every MoE layer from the
-        loads counted since the last call; zeroes the counters. No-op when the rate is 0."""
-        rate = self.config.router_bias_update_rate
-        if rate <= 0:
-            return []
-        return apply_expert_bias_update(self, rate, all_reduce_load)
+    # -- aux-loss-free balancing (router_bias_update_rate > 0), called inside the trainer's graphs --
+    def expert_loads(self):
+        """The load counters of every MoE layer (main + MTP), layer order."""
+        return tuple([self.model.layers[i].mlp.gate.expert_load for i in self.moe_layer_ids])
 
-    def reset_expert_load(self):
-        """Forget loads counted by evaluation batches (they run through loss() too)."""
-        reset_expert_load(self)
+    def zero_expert_loads(self):
+        """Start an optimiser step's count."""
+        for i in self.moe_layer_ids:
+            self.model.layers[i].mlp.gate.zero_load()
+        return ops.zeros((), ms.float32)
+
+    def update_expert_bias(self, loads, applied):
+        """b_i += rate * sign(mean load - load_i) per MoE layer from `loads` (the step's counts, summed
+        over data-parallel ranks by the trainer), when `applied`; the counters keep `loads`."""
+        for i, load in zip(self.moe_layer_ids, loads):
+            self.model.layers[i].mlp.gate.update_bias(load, applied)
+        return ops.zeros((), ms.float32)
+
+    def restore_expert_loads(self, loads):
+        """Put the counters back (evaluation batches also pass through loss())."""
+        for i, load in zip(self.moe_layer_ids, loads):
+            ops.assign(self.model.layers[i].mlp.gate.expert_load, load)
+        return ops.zeros((), ms.float32)
 
 
 def init_weights(model, cfg: PanguUltraMoEConfig, seed=None):

@@ -5,4 +5,5 @@ from pangu.ultra_moe import config, convert, model
 SPEC = ModelSpec(
     name="pangu_ultra_moe", config_cls=config.PanguUltraMoEConfig, presets=config.PRESETS,
     instantiate=model.instantiate, init_weights=model.init_weights,
-    count_parameters=config.count_parameters, shape=config.model_shape, serving=convert.SERVING)
+    count_parameters=config.count_parameters, shape=config.model_shape, serving=convert.SERVING,
+    other_layouts={"deepseek_v3": convert.DEEPSEEK_V3})

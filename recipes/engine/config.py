@@ -51,9 +51,16 @@ class OptimizerConfig:
 class ScheduleConfig:
     """Learning-rate schedule: linear warm-up then decay to `min_lr` at the last step."""
 
-    warmup_steps: int = 20  # linear warm-up from lr/warmup_steps to lr
+    warmup_steps: Optional[int] = None  # linear warm-up steps from lr/warmup to lr (None: warmup_fraction)
+    warmup_fraction: float = 0.1  # warm-up as a fraction of train.steps when warmup_steps is unset
     decay: Literal["cosine", "linear", "constant"] = "cosine"  # shape of the decay after warm-up
     min_lr: float = 3e-5  # learning rate reached at the final step
+
+    def warmup(self, total_steps: int) -> int:
+        """Warm-up steps of a run of `total_steps`: warmup_steps, else round(warmup_fraction * total_steps)."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return int(round(self.warmup_fraction * total_steps))
 
 
 @dataclass
@@ -377,9 +384,14 @@ def _validate_recipe(recipe: RecipeConfig, model_cfg) -> None:
         (recipe.optimizer.eps > 0, "optimizer.eps", f"{recipe.optimizer.eps} must be > 0"),
         (recipe.optimizer.weight_decay >= 0, "optimizer.weight_decay", f"{recipe.optimizer.weight_decay} must be >= 0"),
         (recipe.optimizer.grad_clip >= 0, "optimizer.grad_clip", f"{recipe.optimizer.grad_clip} must be >= 0 (0 disables)"),
-        (recipe.schedule.warmup_steps >= 0, "schedule.warmup_steps", f"{recipe.schedule.warmup_steps} must be >= 0"),
-        (recipe.schedule.warmup_steps < recipe.train.steps, "schedule.warmup_steps",
-         f"{recipe.schedule.warmup_steps} must be < train.steps={recipe.train.steps}"),
+        (recipe.schedule.warmup_steps is None or recipe.schedule.warmup_steps >= 0, "schedule.warmup_steps",
+         f"{recipe.schedule.warmup_steps} must be >= 0"),
+        (recipe.schedule.warmup_steps is None or recipe.schedule.warmup_steps < recipe.train.steps,
+         "schedule.warmup_steps", f"{recipe.schedule.warmup_steps} must be < train.steps={recipe.train.steps}; "
+         f"set a shorter warm-up (e.g. schedule.warmup_steps={recipe.train.steps // 10}) or schedule.warmup_steps=null "
+         "to let schedule.warmup_fraction follow train.steps"),
+        (0 <= recipe.schedule.warmup_fraction < 1, "schedule.warmup_fraction",
+         f"{recipe.schedule.warmup_fraction} must be in [0, 1) (a fraction of train.steps)"),
         (0 <= recipe.schedule.min_lr <= recipe.optimizer.lr, "schedule.min_lr",
          f"{recipe.schedule.min_lr} must be between 0 and optimizer.lr={recipe.optimizer.lr}"),
         (recipe.checkpoint.every >= 0, "checkpoint.every", f"{recipe.checkpoint.every} must be >= 0 (0: only at the end)"),

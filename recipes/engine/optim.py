@@ -18,12 +18,13 @@ from recipes.engine.config import OptimizerConfig, ScheduleConfig
 
 def learning_rate(step: int, total_steps: int, opt: OptimizerConfig, sched: ScheduleConfig) -> float:
     """LR for optimiser step `step` (0-based): linear warm-up, then cosine/linear decay to min_lr."""
-    if sched.warmup_steps > 0 and step < sched.warmup_steps:
-        return opt.lr * (step + 1) / sched.warmup_steps
+    warmup = sched.warmup(total_steps)
+    if warmup > 0 and step < warmup:
+        return opt.lr * (step + 1) / warmup
     if sched.decay == "constant":
         return opt.lr
-    span = max(1, total_steps - 1 - sched.warmup_steps)
-    progress = min(1.0, (step - sched.warmup_steps) / span)
+    span = max(1, total_steps - 1 - warmup)
+    progress = min(1.0, (step - warmup) / span)
     if sched.decay == "cosine":
         factor = 0.5 * (1.0 + math.cos(math.pi * progress))
     else:

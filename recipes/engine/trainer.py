@@ -15,12 +15,14 @@ import json
 import math
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from recipes.io import checkpoint as ckpt_lib
+from recipes.io.hf import HF_SOURCE
 from recipes.engine.config import ConfigError, RecipeConfig, dump_yaml, to_dict
 from recipes.engine.guard import StepGuard, TrainingDiverged
 from recipes.data import BATCH_KEYS  # the order of model.loss's arguments
@@ -99,6 +101,7 @@ class Trainer:
             model_cfg = dataclasses.replace(model_cfg, compute_dtype=recipe.train.dtype)
         self.model_cfg = model_cfg
         self.fingerprint = self._fingerprint()
+        self._warn_if_unexportable(model_cfg)
 
         ms.set_seed(recipe.train.seed)
         np.random.seed(recipe.train.seed)
@@ -161,6 +164,15 @@ class Trainer:
                 "MindSpore's semi-auto parallel on Ascend; on CPU use a data-parallel strategy (e.g. tiny_cpu_dp2)"
             )
         return strategy
+
+    def _warn_if_unexportable(self, model_cfg):
+        """A config its serving layout cannot write (e.g. head_dim x heads != hidden for the Pro loaders) still
+        trains; say so before the run, not only when `recipes.export` refuses it afterwards."""
+        try:
+            self.spec.serving.config_to_hf(model_cfg)
+        except ValueError as err:
+            if self.is_main:
+                self.log(f"warning: this run will not export: {err}")
 
     def _fit_vocab(self, model_cfg, tokenizer_vocab: int):
         """The model's vocabulary follows the tokenizer unless the recipe set it explicitly."""
@@ -227,6 +239,11 @@ class Trainer:
         tensors = ckpt_lib.load_tensors(source, ckpt_lib.MODEL_FILE)
         ckpt_lib.load_into({p.name: p for p in self.model.get_parameters()}, tensors, f"init_from {source}")
         self.log(f"initialised from {source}")
+        # a model imported from a serving directory keeps that directory's files across stages, so the
+        # export of this run writes the source's config keys, special-token ids and tokenizer files
+        imported = os.path.join(os.path.dirname(os.path.dirname(source)), HF_SOURCE)
+        if self.is_main and os.path.isdir(imported):
+            shutil.copytree(imported, os.path.join(self.run_dir, HF_SOURCE), dirs_exist_ok=True)
 
     def _resume(self) -> None:
         found = ckpt_lib.latest_valid(self.ckpt_root, warn=self.log)
@@ -275,8 +292,19 @@ class Trainer:
             def sum_over_ranks(x):
                 return all_reduce(x)
 
-            # numpy in, numpy out (outside the step; used for the expert loads of aux-loss-free balancing)
+            # numpy in, numpy out (outside the step; used for the validation sums)
             self._sum_over_ranks = lambda a: sum_over_ranks(ms.Tensor(a)).asnumpy()
+
+        # Aux-loss-free balancing (Ultra, router_bias_update_rate > 0) runs INSIDE the compiled steps: a
+        # step zeroes the routers' load counters, loss() counts, and after the update the bias moves by
+        # the loads summed over the data-parallel ranks (so every rank applies the same update).
+        tracks_load = bool(getattr(model, "tracks_expert_load", False))
+
+        def bias_step(applied):
+            loads = model.expert_loads()
+            if all_reduce is not None:
+                loads = tuple([all_reduce(load) for load in loads])
+            return model.update_expert_bias(loads, applied)
 
         # The batch tensors are passed as varargs (*batch = self.batch_keys in order; 5 for text models,
         # 14 for MindVL); ms.jit compiles varargs functions in GRAPH mode.
@@ -323,6 +351,8 @@ class Trainer:
                 factor = ops.minimum(1.0, clip / (norm + 1e-6))
                 grads = tuple([g * factor for g in grads])
             optimizer(grads, lr)
+            if tracks_load:
+                bias_step(ops.ones((), ms.bool_))
             return norm
 
         def grad_norm(grads):
@@ -340,12 +370,23 @@ class Trainer:
             loss, _ = model.loss(*batch)
             return loss
 
+        def zero_loads():
+            return model.zero_expert_loads()
+
+        def copy_loads():   # a graph of its own: a copy read and a counter written in one graph can reorder
+            return tuple([load * 1 for load in model.expert_loads()])
+
+        def restore_loads(loads):
+            return model.restore_expert_loads(loads)
+
         def fused_step(*args):  # (*batch, weight, lr)
             # grad_accum_steps == 1: forward+backward, the guard's finiteness check, clip and AdamW in
             # ONE graph (no gradient tuple crossing graph boundaries, one host sync per step). Same
             # numbers as grad_step + grad_sq_sum + update_step; a non-finite loss or gradient skips the
             # update inside the graph, exactly like the host-side guard of the unfused path.
             # (grad_fn is called directly: GRAPH mode does not resolve the varargs closure grad_step here)
+            if tracks_load:
+                model.zero_expert_loads()
             weight, lr = args[-2], args[-1]
             (_, loss, metrics), grads = grad_fn(*args[:-1])
             loss = loss * weight
@@ -359,6 +400,8 @@ class Trainer:
             applied = ops.logical_and(ops.isfinite(loss), ops.isfinite(sq))
             factor = ops.minimum(1.0, clip / (norm + 1e-6)) if clip > 0 else ops.ones((), ms.float32)
             optimizer.update_if(applied, grads, lr, factor)
+            if tracks_load:
+                bias_step(applied)
             return loss, metrics, norm, applied
 
         jit = ms.jit if self.recipe.train.mode == "graph" else (lambda f: f)
@@ -370,11 +413,16 @@ class Trainer:
         self._grad_norm = jit(grad_norm)
         self._grad_sq_sum = jit(grad_sq_sum)
         self._eval_step = jit(eval_step)
+        # evaluation batches pass through loss() too: evaluate() puts the training step's counts back
+        self._zero_loads = jit(zero_loads) if tracks_load else None
+        self._copy_loads = jit(copy_loads) if tracks_load else None
+        self._restore_loads = jit(restore_loads) if tracks_load else None
 
     # ------------------------------------------------------------------------------------------
     # The loop
 
     def train(self) -> RunResult:
+        import mindspore as ms
         from tqdm import tqdm
 
         from recipes.engine.optim import learning_rate
@@ -406,11 +454,6 @@ class Trainer:
                 record.update({n: float(v) for n, v in zip(self.metric_names, metric_values)})
                 record["tokens"] = self.step * tokens_per_step
                 record["tokens_per_s"] = tokens_per_step / elapsed
-                if applied and hasattr(self.model, "update_expert_bias"):
-                    # Aux-loss-free balancing (Ultra, router_bias_update_rate > 0): nudge each selection
-                    # bias toward the mean load counted during this step (summed over the data-parallel
-                    # ranks, so every rank applies the same update); a no-op at rate 0.
-                    self.model.update_expert_bias(self._sum_over_ranks)
                 guard_fields, warning = self.guard.observe(self.step, loss_value, norm, applied)
                 record.update(guard_fields)
                 if warning and self.is_main:
@@ -421,15 +464,16 @@ class Trainer:
                     last_loss = loss_value
                 evaluate = (recipe.train.eval_every and self.step % recipe.train.eval_every == 0) or self.step == total
                 if evaluate:
+                    saved = self._copy_loads() if self._copy_loads is not None else None
                     val_loss = self.evaluate()
-                    if hasattr(self.model, "reset_expert_load"):  # evaluation batches are not training load
-                        self.model.reset_expert_load()
                     record["val_loss"] = val_loss
                     if self.spec.evaluate is not None:  # the arch's own validation metrics (MindVL: accuracy)
                         self.val_metrics = {k: float(v) for k, v in self.spec.evaluate(self.model, self.val_data).items()}
                         record.update(self.val_metrics)
                         if self.is_main:
                             bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in self.val_metrics.items()))
+                    if saved is not None:   # evaluation batches counted expert loads too: keep the step's
+                        self._restore_loads(ms.mutable(saved))
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
                 bar.update(1)
@@ -464,6 +508,8 @@ class Trainer:
             return (float(loss.asnumpy()), np.array([float(m.asnumpy()) for m in metrics]),
                     float(norm.asnumpy()), bool(applied.asnumpy()))
         loss_value, metric_values, grads = 0.0, np.zeros(len(self.metric_names)), None
+        if self._zero_loads is not None:
+            self._zero_loads()
         for batch, share in zip(micro_batches, shares):
             inputs = [Tensor(batch[k][mine]) for k in self.batch_keys] + [Tensor(share, ms.float32)]
             loss, metrics, micro_grads = self._grad_step(*inputs)

@@ -38,6 +38,11 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 MINDIR_FILE = "model.mindir"
 DEFAULT_SHARD_SIZE = "2GB"
+# A run imported from a serving directory keeps that directory's own files here, so that exporting it
+# (or a run initialised from it) writes the same config keys, special-token ids and tokenizer files.
+HF_SOURCE = "hf_source"
+SOURCE_FILES = ("config.json", "generation_config.json", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja")
 
 
 # ---------------------------------------------------------------------------------------------- shards
@@ -178,20 +183,34 @@ def export_mindir(model_cfg, state: dict, out: str, seq_len: int = 128, patches:
 # ----------------------------------------------------------------------------------------------- export
 def export_state(model_cfg, state: dict[str, np.ndarray], out: str, tokenizer=None, dtype: str = "fp32",
                  shard_size: int | str = DEFAULT_SHARD_SIZE, mindir: bool = False, mindir_seq_len: int = 128,
-                 overwrite: bool = False, log=print, processor=None, mindir_patches: int = 256) -> dict:
+                 overwrite: bool = False, log=print, processor=None, mindir_patches: int = 256,
+                 layout: str | None = None, source: str | None = None) -> dict:
     """Write the serving directory for `state` (our names) of a model with config `model_cfg`
-    (`processor`: MindVL's ImageProcessor -> preprocessor_config.json). Returns the safetensors index."""
+    (`processor`: MindVL's ImageProcessor -> preprocessor_config.json; `layout`: a serving layout of the
+    architecture by model_type, default its own). `source`: the files of the serving directory the model
+    was imported from (HF_SOURCE): its config.json is the base (keys we do not model and the special-token
+    ids are kept; the keys the model determines are ours) and its tokenizer / generation files are copied
+    as they are instead of writing `tokenizer`'s. Returns the safetensors index."""
     if dtype not in safetensors_io.EXPORT_DTYPES:
         raise ValueError(f"--dtype: unknown {dtype!r}; use one of {safetensors_io.EXPORT_DTYPES}")
     safetensors_io.parse_size(shard_size)  # fail before writing anything
     spec = models.spec_of(model_cfg)
-    serving = spec.serving
+    serving = spec.layout(layout)
+    config = serving.config_to_hf(model_cfg)     # refuses a model the layout cannot express, before any write
+    base = _source_config(source, serving) if source else None
     with rundir.staged_out(out, overwrite) as stage:   # a failed export leaves no half-written OUT
         hf_state = serving.to_hf(state, model_cfg)
         index = write_sharded(hf_state, stage, dtype, shard_size)
-        config = serving.config_to_hf(model_cfg)
+        if base is not None:     # the source's keys (values the model determines are ours) + what loaders need
+            config = {**base, **{k: v for k, v in config.items() if k in base or k in serving.required_keys}}
         config["torch_dtype"] = {"fp32": "float32", "bf16": "bfloat16"}[dtype]
-        if serving.write_assets is not None:
+        if base is not None:
+            for name in SOURCE_FILES[1:]:
+                if os.path.isfile(os.path.join(source, name)):
+                    shutil.copyfile(os.path.join(source, name), os.path.join(stage, name))
+            if serving.write_assets is not None:
+                serving.write_assets(model_cfg, stage, None, processor)
+        elif serving.write_assets is not None:
             config.update(serving.write_assets(model_cfg, stage, tokenizer, processor))
         elif tokenizer is not None:
             ids = token_ids(tokenizer)
@@ -205,15 +224,25 @@ def export_state(model_cfg, state: dict[str, np.ndarray], out: str, tokenizer=No
         if mindir:
             export_mindir(model_cfg, state, stage, mindir_seq_len, mindir_patches)
     n_shards = len(set(index["weight_map"].values()))
-    log(f"exported {spec.name} ({len(hf_state)} tensors, {index['metadata']['total_size'] / 1e6:.1f} MB {dtype}, "
-        f"{n_shards} shard{'s' if n_shards > 1 else ''}{', MINDIR' if mindir else ''}) -> {out}")
+    log(f"exported {spec.name} as {serving.architecture} ({len(hf_state)} tensors, "
+        f"{index['metadata']['total_size'] / 1e6:.1f} MB {dtype}, {n_shards} shard{'s' if n_shards > 1 else ''}"
+        f"{', MINDIR' if mindir else ''}) -> {out}")
     return index
+
+
+def _source_config(source: str, serving) -> dict:
+    """The imported directory's config.json, when it is of the layout being written (else no base)."""
+    with open(os.path.join(source, "config.json")) as f:
+        base = json.load(f)
+    return base if base.get("model_type") == serving.model_type else None
 
 
 def export_run(path: str, out: str, dtype: str = "fp32", shard_size: int | str = DEFAULT_SHARD_SIZE,
                mindir: bool = False, mindir_seq_len: int = 128, overwrite: bool = False, log=print,
-               mindir_patches: int = 256) -> dict:
-    """Export a run directory (newest valid checkpoint) or one step_* checkpoint directory."""
+               mindir_patches: int = 256, layout: str | None = None) -> dict:
+    """Export a run directory (newest valid checkpoint) or one step_* checkpoint directory. A run imported
+    from a serving directory (or initialised from one) is written in that directory's layout, with its
+    config keys, special-token ids and tokenizer files (HF_SOURCE)."""
     from recipes.data import load_tokenizer
 
     loc = rundir.locate(path, log)
@@ -226,12 +255,21 @@ def export_run(path: str, out: str, dtype: str = "fp32", shard_size: int | str =
     if emb is not None and emb.shape[0] != model_cfg.vocab_size:   # config.yaml's vocab follows the tokenizer
         raise ValueError(f"model.embed_tokens.weight: {emb.shape[0]} rows but config.yaml says vocab_size "
                          f"{model_cfg.vocab_size}; the checkpoint does not belong to this run")
-    serving = models.spec_of(model_cfg).serving
-    assets = (serving.run_assets(recipe.data, loc.run_dir) if serving.run_assets
-              else {"tokenizer": load_tokenizer(recipe.data)})
+    spec = models.spec_of(model_cfg)
+    source = os.path.join(loc.run_dir, HF_SOURCE)
+    if os.path.isfile(os.path.join(source, "config.json")):
+        if layout is None:
+            with open(os.path.join(source, "config.json")) as f:
+                layout = json.load(f).get("model_type")
+        assets = spec.serving.run_assets(recipe.data, loc.run_dir) if spec.serving.run_assets else {}
+        assets["tokenizer"] = None
+    else:
+        source = None
+        assets = (spec.serving.run_assets(recipe.data, loc.run_dir) if spec.serving.run_assets
+                  else {"tokenizer": load_tokenizer(recipe.data)})
     return export_state(model_cfg, state, out, dtype=dtype, shard_size=shard_size, mindir=mindir,
                         mindir_seq_len=mindir_seq_len, overwrite=overwrite, log=log, mindir_patches=mindir_patches,
-                        **assets)
+                        layout=layout, source=source, **assets)
 
 
 # ----------------------------------------------------------------------------------------------- import
@@ -257,18 +295,24 @@ def hf_files(directory: str) -> dict[str, str]:
 
 
 def read_config(directory: str, names=()):
-    """config.json -> (spec, our validated config dataclass)."""
+    """config.json -> (spec, serving layout, our validated config dataclass)."""
     path = os.path.join(directory, "config.json")
     if not os.path.isfile(path):
         raise ValueError(f"{directory}: no config.json; give a serving-layout directory")
-    with open(path) as f:
-        d = json.load(f)
-    spec = models.spec_for_model_type(d.get("model_type"))
     try:
-        cfg = spec.serving.config_from_hf(d, names)
+        with open(path) as f:
+            d = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); fix or replace the file") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a JSON object of config keys; fix or replace the file")
+    spec = models.spec_for_model_type(d.get("model_type"))
+    layout = spec.layout(d.get("model_type"))
+    try:
+        cfg = layout.config_from_hf(d, list(names))
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: {err}") from None
-    return spec, cfg
+    return spec, layout, cfg
 
 
 def import_hf(directory: str, model=None, return_model: bool = False):
@@ -278,8 +322,8 @@ def import_hf(directory: str, model=None, return_model: bool = False):
     else; the first offending tensor is named in a one-line ValueError. BF16 tensors come back as fp32.
     """
     files = hf_files(directory)
-    spec, cfg = read_config(directory, files)
-    expected = {n: tuple(np.shape(v)) for n, v in spec.serving.to_hf(_zero_state(spec, cfg), cfg).items()}
+    spec, layout, cfg = read_config(directory, files)
+    expected = {n: tuple(np.shape(v)) for n, v in layout.to_hf(_zero_state(spec, cfg), cfg).items()}
     readers = {f: safetensors_io.Reader(os.path.join(directory, f)) for f in sorted(set(files.values()))}
     for name in sorted(set(expected) | set(files), key=natural_key):
         if name not in files:
@@ -292,7 +336,7 @@ def import_hf(directory: str, model=None, return_model: bool = False):
         if shape != expected[name]:
             raise ValueError(f"{directory}: tensor {name} has shape {shape}, config.json implies {expected[name]}")
     hf_state = {n: readers[f].get(n) for n, f in files.items()}
-    state = spec.serving.from_hf(hf_state, cfg)
+    state = layout.from_hf(hf_state, cfg)
     if return_model:
         model = model if model is not None else spec.build(cfg, 0)
         ckpt_lib.load_into(model, state, f"import {directory}")
@@ -307,7 +351,8 @@ def _zero_state(spec, cfg) -> dict:
 
 
 def import_to_run(hf_dir: str, out: str, overwrite: bool = False, log=print) -> str:
-    """Write HF_DIR's weights as OUT/checkpoints/step_00000000 (+ OUT/config.yaml); return the step dir."""
+    """Write HF_DIR's weights as OUT/checkpoints/step_00000000 (+ OUT/config.yaml, and HF_DIR's config,
+    generation and tokenizer files under OUT/hf_source); return the step dir."""
     import yaml
 
     from recipes.engine.config import resolve
@@ -330,6 +375,10 @@ def import_to_run(hf_dir: str, out: str, overwrite: bool = False, log=print) -> 
     resolve(dict(raw))  # the written config must load back
     with open(os.path.join(out, "config.yaml"), "w") as f:
         yaml.safe_dump(raw, f, sort_keys=False)
+    os.makedirs(os.path.join(out, HF_SOURCE))
+    for name in SOURCE_FILES:     # the source's own files, for an export that writes them back
+        if os.path.isfile(os.path.join(hf_dir, name)):
+            shutil.copyfile(os.path.join(hf_dir, name), os.path.join(out, HF_SOURCE, name))
     path = rundir.write_run_checkpoint(out, 0, state, {"imported_from": os.path.abspath(hf_dir)}, None)
     log(f"imported {spec.name} ({len(state)} tensors) from {hf_dir} -> {path}")
     return path

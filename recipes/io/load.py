@@ -11,6 +11,7 @@ Evaluation, generation, scoring, the pipeline's evaluator and MindVL's resolutio
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -45,16 +46,18 @@ def is_serving_dir(path: str) -> bool:
         os.path.isfile(os.path.join(path, f)) for f in (INDEX_FILE, SINGLE_FILE))
 
 
-def load_model(path: str, log=print) -> LoadedModel:
-    """The model, its config, spec and tokenizer from a run, checkpoint or serving directory."""
+def load_model(path: str, log=print, compute_dtype: str | None = None) -> LoadedModel:
+    """The model, its config, spec and tokenizer from a run, checkpoint or serving directory (`compute_dtype`:
+    build it in that dtype instead of the one it was trained / exported in)."""
     path = os.path.normpath(path)
     if is_serving_dir(path):
-        return _load_serving(path)
+        return _load_serving(path, compute_dtype)
     loc = rundir.locate(path, log)
     if loc.run_dir is None:
         raise ValueError(f"{loc.checkpoint}: no config.yaml in its run directory; load a run directory made by "
                          "recipes.run (or its checkpoints/step_*), or a serving directory with config.json")
     recipe, model_cfg = rundir.load_run_config(loc.run_dir)
+    model_cfg = _with_dtype(model_cfg, compute_dtype)
     spec = models.spec_of(model_cfg)
     model = spec.build(model_cfg, 0)
     ckpt_lib.load_into(model, ckpt_lib.load_tensors(loc.checkpoint, ckpt_lib.MODEL_FILE), loc.checkpoint)
@@ -69,11 +72,19 @@ def load_model(path: str, log=print) -> LoadedModel:
                        assets.get("processor"))
 
 
-def _load_serving(path: str) -> LoadedModel:
+def _with_dtype(cfg, compute_dtype: str | None):
+    return cfg if compute_dtype is None else dataclasses.replace(cfg, compute_dtype=compute_dtype).validate()
+
+
+def _load_serving(path: str, compute_dtype: str | None = None) -> LoadedModel:
     from recipes.io.hf import import_hf
 
-    cfg, model = import_hf(path, return_model=True)
+    cfg, state = import_hf(path)
+    cfg = _with_dtype(cfg, compute_dtype)
     spec = models.spec_of(cfg)
+    model = spec.build(cfg, 0)
+    ckpt_lib.load_into(model, state, f"import {path}")
+    model.set_train(False)
     if spec.serving.serving_assets is not None:
         assets = spec.serving.serving_assets(path)
     else:

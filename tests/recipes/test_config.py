@@ -27,6 +27,24 @@ def test_shipped_recipe_resolves():
     assert model_cfg.num_experts % model_cfg.num_experts_per_tok == 0
 
 
+def test_every_shipped_recipe_has_its_own_run_name_and_a_short_run_needs_only_train_steps():
+    import glob
+
+    names = {}
+    for path in sorted(glob.glob("recipes/**/*.yaml", recursive=True)):
+        if os.path.basename(path) == "pipeline.yaml":          # a stage list, not a recipe
+            continue
+        recipe, _ = load_recipe(path, ["init_from=null"])
+        assert recipe.run.name not in names, f"{path} and {names.get(recipe.run.name)} both write runs/{recipe.run.name}"
+        names[recipe.run.name] = path
+        if recipe.schedule.warmup_steps is None:                # warm-up follows train.steps
+            short, _ = load_recipe(path, ["init_from=null", "train.steps=30"])
+            assert short.schedule.warmup(30) == 3
+    assert len(names) >= 15
+    recipe, _ = load_recipe(TINY, ["train.steps=30"])
+    assert recipe.schedule.warmup(recipe.train.steps) == 3
+
+
 def test_base_inheritance_and_overrides(tmp_path):
     base = write(tmp_path, "base.yaml", """
         model: {arch: pangu_pro_moe, preset: tiny, num_hidden_layers: 3}
@@ -61,7 +79,8 @@ def test_base_inheritance_and_overrides(tmp_path):
         (["model.arch=pangu_pro"], "model.arch: unknown architecture 'pangu_pro'; did you mean pangu_pro_moe or pangu_ultra_moe?"),
         (["model.preset=huge"], "model.preset: unknown preset 'huge' for pangu_pro_moe; valid keys: tiny, bench, full"),
         (["model.num_expert=8"], "model.num_expert: unknown key; did you mean model.num_experts or model.num_experts_per_tok or model.expert_impl?"),
-        (["schedule.warmup_steps=500", "train.steps=100"], "schedule.warmup_steps: 500 must be < train.steps=100"),
+        (["schedule.warmup_steps=500", "train.steps=100"], "schedule.warmup_steps: 500 must be < train.steps=100; set a shorter warm-up (e.g. schedule.warmup_steps=10) "
+             "or schedule.warmup_steps=null to let schedule.warmup_fraction follow train.steps"),
         (["schedule.min_lr=1.0"], "schedule.min_lr: 1.0 must be between 0 and optimizer.lr=0.003"),
         (["init_from=runs/does-not-exist"], "init_from: runs/does-not-exist does not exist; run the previous stage first or fix the path"),
         (["data.source=csv"], "data.source: 'csv' is not one of 'synthetic', 'jsonl', 'sft', 'chat_jsonl', 'megatron', 'mindrecord'"),

@@ -95,13 +95,28 @@ def test_msrun_aux_loss_free_bias_update_is_the_single_process_one(tmp_path):
     """Ultra with router_bias_update_rate > 0: the expert loads are summed over the ranks before the
     bias step, so both ranks apply the single process's update (each rank alone sees half the load)."""
     (single_losses, single_weights), (dp_losses, dp_weights) = single_and_dp2(
-        tmp_path, "recipes/pangu_ultra_moe/pretrain_tiny.yaml", ["model.router_bias_update_rate=0.01"])
+        tmp_path, "recipes/pangu_ultra_moe/pretrain_tiny.yaml",
+        ["model.router_bias_update_rate=0.01", "checkpoint.every=1", "checkpoint.keep_last=4"])
     biases = [n for n in single_weights if n.endswith("e_score_correction_bias")]
     assert len(biases) == 3                                        # the tiny preset's MoE layers
-    for name in biases:
-        assert np.abs(single_weights[name]).max() > 0              # the bias did move
-        np.testing.assert_array_equal(dp_weights[name], single_weights[name], err_msg=name)
-    np.testing.assert_allclose(dp_losses, single_losses, rtol=1e-4)
+    # every step's checkpoint: the bias moved at that step, identically in both runs (loads summed over ranks)
+    previous = {name: 0.0 for name in biases}
+    for step in range(1, 5):
+        single, dp = (ck.load_tensors(os.path.join(tmp_path, run, "checkpoints", f"step_{step:08d}"), ck.MODEL_FILE)
+                      for run in ("single", "dp2"))
+        for name in biases:
+            assert not np.array_equal(single[name], previous[name]), (step, name)
+            np.testing.assert_array_equal(dp[name], single[name], err_msg=f"step {step} {name}")
+            load = name.replace("e_score_correction_bias", "expert_load")
+            # the loads are the global batch's (4 rows x 64 tokens x top-2), not one rank's half; a token
+            # whose top-k is a near tie may route differently, as the weights differ by fp reassociation
+            # (measured: 1 of 512 assignments at step 2)
+            assert dp[load].sum() == single[load].sum() == 4 * 64 * 2, (step, load)
+            assert np.abs(dp[load] - single[load]).max() <= 2, (step, load, dp[load], single[load])
+            previous[name] = single[name]
+    # the training loss's balance term is each rank's statistic too, and one routing flip (above) moves it:
+    # measured 1.6e-4 relative apart at most
+    np.testing.assert_allclose(dp_losses, single_losses, rtol=5e-4)
     # Ultra's validation loss includes the balance term, a statistic of each rank's 2 rows rather than
     # of all 4 (measured: 1.0e-4 relative apart; evaluating 2 rows per rank without the sum: 1 % apart)
     np.testing.assert_allclose(val_loss(tmp_path / "dp2"), val_loss(tmp_path / "single"), rtol=1e-3)

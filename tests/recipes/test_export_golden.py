@@ -1,7 +1,12 @@
 """Exports are byte-stable: a freshly initialised tiny Pro, Ultra and MindVL run, written as a run directory
 and exported with `export_run`, gives exactly these files (sha256). Recorded with the exporter before the
 ModelSpec refactor; a change to any byte of any file is either a bug or a deliberate layout change that
-updates this table in the same commit, saying why."""
+updates this table in the same commit, saying why.
+
+Changes: (1) Ultra config.json gained the keys every serving loader reads (both spellings of the MLA and
+MoE sizes, router_enable_expert_bias, rope_interleave, num_key_value_heads, hidden_act, DeepSeek's routing
+keys); (2) the MindVL tiny recipes' decoder went from 8 heads of 32 to 4 heads of 32 in hidden 128 (head_dim =
+hidden / heads, which the layout's loaders assume), so its weights and configs changed."""
 import dataclasses
 import hashlib
 import os
@@ -35,16 +40,16 @@ GOLDEN = {
     },
     "pangu_ultra_moe": {
         **TEXT_TOKENIZER,
-        "config.json": "0392ed7323f1d46daf2c5d197659ca11510a295a440bc025014d7b6f8a164a0f",
+        "config.json": "4ca02f32d526b3ea6e6e55ff4182d47dd037d4c60dd9db60cb3106ac025610cd",
         "model-00001-of-00001.safetensors": "7362707397344848680c662d0c7c9cd927f419c6cb82ec5d54c14bdf5a8797c1",
         "model.safetensors.index.json": "be4cb6afcd4bdc021aa15172fb6fc9ff30d5c6c5b26616812ceeaa77ed5bd973",
         "tokenizer_config.json": "4d1fb3b322545ab2d9eed0a4c7eea4e8192eb7d17577796d7bad3897fd3ab368",
     },
     "mindvl": {
-        "config.json": "9511d01d97c9367b97a07ea7b649269d8a41ad65cd69ff6bdd6d4986c0287696",
+        "config.json": "294d4507fb2b0d99a15358055281b5f11446e3672fa6a2502be31edcc3f2c4e2",
         "generation_config.json": "508afd55c21cdc09e69bb3824616a9251c019c2a2c7e713b5dcac8c5bf745fb5",
-        "model-00001-of-00001.safetensors": "feb453b9f7307b8bfb30fb2e2038ce7151626e57127ddc54dabec56da55b8b1f",
-        "model.safetensors.index.json": "c58c16f4acf86031ca2a5bd75f0d02df448d97ee4e49ee3aea44466a0ea8235a",
+        "model-00001-of-00001.safetensors": "f6c0a93b39d3a8b15b5ef10833ee98bef5dac3d4c085c36a203bc44f27cdac04",
+        "model.safetensors.index.json": "ba0ccf501a7be66a4ca922c98efd99938e5e875e13b223d23fbf2edeca7d27ae",
         "preprocessor_config.json": "96f7a202f0ecddbc7741709afe816053c555333b9ae99bb2ba09580607307ad2",
         "special_tokens_map.json": "542a9529bd92114b36eec8ad5bac8030a1a60d00ead08c440598481dc7134444",
         "tokenizer.json": "29bc89c9cd68cedd4cd5c75e8d2a92b942ba7461a34b0e22437c17ab1f90bbde",

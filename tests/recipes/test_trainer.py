@@ -137,18 +137,51 @@ def test_freeze_keeps_parameters(tmp_path):
         assert same == (name in frozen), name
 
 
-def test_expert_bias_update_runs_in_training(tmp_path):
-    """Ultra with aux-loss-free balancing: the trainer moves the selection biases by +-rate per step."""
+def test_expert_bias_update_every_step_in_graph_mode(tmp_path):
+    """Ultra with aux-loss-free balancing, default GRAPH trainer, a checkpoint every step: every
+    checkpoint's bias is the previous one moved by the update rule applied to the loads it saved, the
+    loads are the step's real counts, and the bias the compiled forward uses is the one saved."""
+    from mindspore import Tensor
+
+    from pangu.common.routers import expert_bias_update
+
+    rate, steps = 0.01, 7
     recipe, model_cfg = load_recipe(
         "recipes/pangu_ultra_moe/pretrain_tiny.yaml",
-        SMALL + ["train.steps=3", f"run.root={tmp_path}", "run.name=bias", "model.router_bias_update_rate=0.01"],
+        SMALL + [f"train.steps={steps}", f"run.root={tmp_path}", "run.name=bias", "checkpoint.every=1",
+                 f"checkpoint.keep_last={steps}", f"model.router_bias_update_rate={rate}"],
     )
     trainer = Trainer(recipe, model_cfg, log=lambda *_: None)
+    assert trainer.recipe.train.mode == "graph" and trainer.fused
     trainer.train()
-    biases = [p.asnumpy() for p in trainer.model.get_parameters() if "e_score_correction_bias" in p.name]
-    assert biases
-    for b in biases:
-        assert np.abs(b).max() > 0
-        steps = np.round(b / 0.01)  # each of the 3 updates adds -0.01, 0 or +0.01
-        np.testing.assert_allclose(b, steps * 0.01, atol=1e-6)
-        assert np.abs(steps).max() <= 3
+    ckpts = ck.list_checkpoints(os.path.join(trainer.run_dir, "checkpoints"))
+    assert [c.step for c in ckpts] == list(range(1, steps + 1))
+    states = [ck.load_tensors(c.path, ck.MODEL_FILE) for c in ckpts]
+    names = sorted(n for n in states[0] if n.endswith("e_score_correction_bias"))
+    assert len(names) == 3                                  # 2 MoE layers + the MTP layer
+    tokens_per_step = recipe.train.micro_batch_size * recipe.data.seq_length
+    moved = 0
+    for name in names:
+        load_name = name.replace("e_score_correction_bias", "expert_load")
+        previous = np.zeros_like(states[0][name])
+        for state in states:
+            load = state[load_name]
+            assert load.sum() == tokens_per_step * model_cfg.num_experts_per_tok   # every assignment counted
+            np.testing.assert_allclose(state[name], expert_bias_update(previous, load, rate), atol=1e-6)
+            moved += int(not np.array_equal(state[name], previous))
+            previous = state[name]
+    assert moved >= 3 * (steps - 1)                         # it changes at (nearly) every step
+    # the bias in the compiled forward = the one saved: the trainer's compiled eval step and a model built
+    # from the last checkpoint in PyNative mode give the same loss on a batch
+    import mindspore as ms
+
+    import models
+
+    batch = next(trainer.val_data.eval_batches(2, 1))
+    inputs = [Tensor(batch[k][:2]) for k in trainer.batch_keys]
+    graph_loss = float(trainer._eval_step(*inputs).asnumpy())
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    fresh = models.build_model(trainer.model_cfg, seed=1)
+    ck.load_into(fresh, states[-1], "last checkpoint")
+    fresh.set_train(False)
+    assert float(fresh.loss(*inputs)[0].asnumpy()) == pytest.approx(graph_loss, rel=1e-5)

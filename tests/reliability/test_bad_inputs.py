@@ -70,7 +70,8 @@ RUN = [
      "schedule.decay: 'cosin' is not one of 'cosine', 'linear', 'constant'; did you mean cosine?"),
     ("warmup-negative", ["--set", "schedule.warmup_steps=-1"], "schedule.warmup_steps: -1 must be >= 0"),
     ("warmup-too-long", ["--set", "schedule.warmup_steps=500", "--set", "train.steps=100"],
-     "schedule.warmup_steps: 500 must be < train.steps=100"),
+     "schedule.warmup_steps: 500 must be < train.steps=100; set a shorter warm-up (e.g. schedule.warmup_steps=10) "
+     "or schedule.warmup_steps=null to let schedule.warmup_fraction follow train.steps"),
     ("min-lr-above-lr", ["--set", "schedule.min_lr=1.0"], "schedule.min_lr: 1.0 must be between 0 and optimizer.lr=0.003"),
     ("checkpoint-every-negative", ["--set", "checkpoint.every=-1"], "checkpoint.every: -1 must be >= 0 (0: only at the end)"),
     ("keep-last-zero", ["--set", "checkpoint.keep_last=0"], "checkpoint.keep_last: 0 must be >= 1"),
@@ -100,7 +101,8 @@ RUN = [
     ("vocab-below-tokenizer", ["--set", "model.vocab_size=10"],
      "model.vocab_size: 10 is smaller than the tokenizer's 112; remove the override or set it >= 112"),
     # --- data ------------------------------------------------------------------------------------------
-    ("data-source-unknown", ["--set", "data.source=csv"], "data.source: 'csv' is not one of 'synthetic', 'jsonl', 'sft', 'chat_jsonl'"),
+    ("data-source-unknown", ["--set", "data.source=csv"], "data.source: 'csv' is not one of 'synthetic', 'jsonl', 'sft', 'chat_jsonl', "
+     "'megatron', 'mindrecord'"),
     ("data-seq-length", ["--set", "data.seq_length=1"], "data.seq_length: 1 must be >= 2; use the model's sequence length, e.g. 128"),
     ("data-vocab", ["--set", "data.vocab_size=5"], "data.vocab_size: 5 is out of range; use 16..1000000 (e.g. 256)"),
     ("data-task-unknown", ["--set", "data.tasks=[nope]"], ("data.tasks: unknown task 'nope'; choose from ",)),
