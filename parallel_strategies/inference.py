@@ -378,9 +378,26 @@ def prefill_batch(s: ModelShape, hw: Hardware, inst: Instance, prec: Precision, 
     if not 0 <= cached < prompt:
         raise ValueError(f"prefix: {cached} cached tokens of a {prompt}-token prompt; use 0 <= cached < prompt")
     new = prompt - cached
-    attended = seqs * new * (cached + (new + 1) / 2)     # causal: token i attends cached + i keys
-    return _forward(s, hw, inst, prec, n=seqs * new, seqs=seqs, attended=attended, kv_read_tokens=seqs * cached,
-                    decode=False, head_tokens=seqs, mtp=mtp, microbatches=microbatches)
+    return prefill_packed(s, hw, inst, prec, new_tokens=inst.dp * seqs * new,
+                          attended=inst.dp * seqs * prefill_attended(new, cached), cached_tokens=inst.dp * seqs * cached,
+                          seqs=inst.dp * seqs, mtp=mtp, microbatches=microbatches)
+
+
+def prefill_attended(new: float, cached: float) -> float:
+    """Causal attention work of one prompt: token i of the `new` ones attends cached + i keys."""
+    return new * (cached + (new + 1) / 2)
+
+
+def prefill_packed(s: ModelShape, hw: Hardware, inst: Instance, prec: Precision, *, new_tokens: float,
+                   attended: float, cached_tokens: float, seqs: float, mtp: bool = False,
+                   microbatches: int = 1) -> StepCost:
+    """Prefill of a packed batch of mixed prompts over a whole instance: totals of new tokens, of
+    `prefill_attended` per prompt, of cached prefix tokens and of prompts, spread evenly over the
+    DP-attention groups (an engine packs prompts so that the groups stay balanced)."""
+    d = inst.dp
+    return _forward(s, hw, inst, prec, n=new_tokens / d, seqs=seqs / d, attended=attended / d,
+                    kv_read_tokens=cached_tokens / d, decode=False, head_tokens=seqs / d, mtp=mtp,
+                    microbatches=microbatches)
 
 
 def memory(s: ModelShape, hw: Hardware, inst: Instance, prec: Precision, *, sequences: float,
