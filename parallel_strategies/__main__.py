@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import serve_plan, serve_sim
+from . import scale_plan, serve_plan, serve_sim
 from .report import result_json, result_table, search_json, search_table
 from .shape import count_parameters, model_shape, resolve_config
 from .strategy import load_hardware, load_strategy
@@ -49,6 +49,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], help="extra recipe overrides passed to the workers")
     serve_plan.add_parser(sub)
     serve_sim.add_parser(sub)
+    scale_plan.add_parser(sub)
     args = ap.parse_args(argv)
 
     try:
@@ -100,6 +101,8 @@ def main(argv=None) -> int:
             return serve_plan.run(args)
         elif args.cmd == "serve-sim":
             return serve_sim.run(args)
+        elif args.cmd == "scale-plan":
+            return scale_plan.run(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
