@@ -288,6 +288,7 @@ class Simulation:
         self.costs = _Costs(s, hw, cfg, scenarios)
         self.prefill_busy = 0.0
         self.prompt_tokens = self.cached_tokens = 0
+        self.queued_while_idle = 0          # requests sent behind a busy instance while another was idle
         self.events: list = []
         self.seq = itertools.count()
         self.now = 0.0
@@ -350,6 +351,8 @@ class Simulation:
             # learns of completions only at the next report, and a 6K-token prompt counts like a 1K one
             i = min(range(len(self.prefills)), key=lambda k: self.reported[k])
             self.reported[i] += 1
+            if self.prefills[i].busy and any(not p.busy for p in self.prefills):
+                self.queued_while_idle += 1
             self.prefills[i].queue.append(r)
             self._try_start(self.prefills[i])
         else:
@@ -549,7 +552,7 @@ class Simulation:
             ttft_p50_ms=1e3 * _pct(ttfts, 0.5), ttft_p99_ms=1e3 * _pct(ttfts, 0.99),
             tpot_mean_ms=1e3 * sum(tpots) / len(tpots) if tpots else math.nan,
             kv_transfer_mean_ms=1e3 * sum(xfer) / len(xfer) if xfer else math.nan,
-            ratio_moves=len(self.moves),
+            ratio_moves=len(self.moves), queued_while_idle=self.queued_while_idle,
             prefix_hit_rate=self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0,
             prefill_busy_share=self.prefill_busy / (self.cfg.n_prefill * span) if span else 0.0,
         )
