@@ -379,7 +379,8 @@ def prefill_batch(s: ModelShape, hw: Hardware, inst: Instance, prec: Precision, 
         raise ValueError(f"prefix: {cached} cached tokens of a {prompt}-token prompt; use 0 <= cached < prompt")
     new = prompt - cached
     return prefill_packed(s, hw, inst, prec, new_tokens=inst.dp * seqs * new,
-                          attended=inst.dp * seqs * prefill_attended(new, cached), cached_tokens=inst.dp * seqs * cached,
+                          attended=inst.dp * seqs * prefill_attended(new, cached),
+                          cached_tokens=inst.dp * seqs * cached,
                           seqs=inst.dp * seqs, mtp=mtp, microbatches=microbatches)
 
 

@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass
 
 from . import inference as inf
-from .shape import ModelShape, model_shape
+from .shape import model_shape
 from .strategy import Hardware, load_hardware
 
 
@@ -218,7 +218,8 @@ def scale(req: ScaleRequest) -> dict:
              tpot_after_ms=1e3 * step_new, peak_memory_gb=realloc / 1e9, bytes_moved_gb=(sum(out_b)) / 1e9),
         dict(strategy="restart at the new size (vertical)", devices_after=N2, time_to_serve_s=req.init_s + load_new,
              downtime_s=req.init_s + load_new, throughput_during=0.0, throughput_after=thr_new,
-             tpot_after_ms=1e3 * step_new, peak_memory_gb=(w_new_dev + hw.reserved_gb * 1e9) / 1e9, bytes_moved_gb=w_new_dev * N2 / 1e9),
+             tpot_after_ms=1e3 * step_new, peak_memory_gb=(w_new_dev + hw.reserved_gb * 1e9) / 1e9,
+             bytes_moved_gb=w_new_dev * N2 / 1e9),
     ]
     if N2 > N:
         rows.append(dict(strategy="add a whole replica (horizontal)", devices_after=2 * N,
@@ -236,7 +237,8 @@ def scale(req: ScaleRequest) -> dict:
         expert_moves=plan.n_moves, min_moves=min_moves_lower_bound(s.num_experts, N, N2),
         expert_bytes_moved_gb=moved_bytes / 1e9, kv_bytes_moved_gb=kv_moved / 1e9,
         p2p_bandwidth_gbs=bw / 1e9, transfer_s=transfer_s, hbm_gb=hw.hbm_gb,
-        throughput_before=thr_old, tpot_before_ms=1e3 * step_old, assumptions=dict(storage_gbs=req.storage_gbs, init_s=req.init_s),
+        throughput_before=thr_old, tpot_before_ms=1e3 * step_old,
+        assumptions=dict(storage_gbs=req.storage_gbs, init_s=req.init_s),
         note="model predictions (parallel_strategies/scale_plan.py + inference.py), not measurements",
         strategies=rows,
         moves=[dict(expert=e, src=a, dst=b) for e, a, b in plan.moves])
@@ -299,7 +301,8 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(rep, indent=1))
         return 0
-    print(f"{name} on {hw.name}, {rep['precision']} weights: EP{rep['devices']} -> EP{rep['to']} (attention TP{rep['tp']}), "
+    print(f"{name} on {hw.name}, {rep['precision']} weights: EP{rep['devices']} -> EP{rep['to']} "
+          f"(attention TP{rep['tp']}), "
           f"{rep['batch_per_dp']} sequences per DP group of {rep['context']} tokens ({rep['throughput_before']:.0f} "
           f"tok/s, TPOT {rep['tpot_before_ms']:.1f} ms); {rep['experts']} experts x "
           f"{rep['moe_layers']} MoE layers, {rep['expert_mb']:.0f} MB per expert.")

@@ -448,13 +448,15 @@ def add_parser(sub) -> None:
     p = sub.add_parser("serve-plan", help="P/D-disaggregated serving plan under TTFT/TPOT SLOs")
     p.add_argument("--model", help="registry arch, e.g. pangu_ultra_moe")
     p.add_argument("--preset", default="full")
-    p.add_argument("--config-json", help="a released HF config.json, e.g. parallel_strategies/models/deepseek_r1_config.json")
+    p.add_argument("--config-json",
+                   help="a released HF config.json, e.g. parallel_strategies/models/deepseek_r1_config.json")
     p.add_argument("--hardware", required=True, help="profile in parallel_strategies/hardware/")
     p.add_argument("--slo", required=True, help='"ttft=2s,tpot=50ms"')
     p.add_argument("--workload", help=f"one of {sorted(WORKLOADS)} or \"prompt=4096,output=256[,prefix=0.5]\"")
     p.add_argument("--dtype", default="bf16", help="weights / matmul: bf16 | fp16 | int8 (W8A8)")
     p.add_argument("--kv-dtype", default=None, help="KV cache dtype (default: 16-bit, fp16 where bf16 is unsupported)")
-    p.add_argument("--mtp-accept", type=float, default=0.0, help="MTP draft acceptance rate (0 = no speculative decoding)")
+    p.add_argument("--mtp-accept", type=float, default=0.0,
+                   help="MTP draft acceptance rate (0 = no speculative decoding)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--npus", type=float, help="size for a cluster of this many NPUs (packages)")
     g.add_argument("--load", type=float, help="size for this many requests/s")

@@ -24,7 +24,8 @@ KV cache transfer from prefill to decode is either **block-fixed** (one RDMA wri
 `block_tokens`-token block per layer, each paying the profile's per-write latency) or
 **contiguous** (one buffer per request, P/D-Serve's block-free transfer); a request's KV leaves
 through the NICs of the DP group that prefilled it, one request after another per group. A
-request whose prefill has not started `timeout_s` after arrival times out (counted, dropped). TTFT = prefill completion - arrival (prefill emits the first token).
+request whose prefill has not started `timeout_s` after arrival times out (counted, dropped).
+TTFT = prefill completion - arrival (prefill emits the first token).
 Decode is continuous batching up to the batch the TPOT SLO and HBM allow.
 
 The trace: Poisson, bursty (two-state Markov-modulated Poisson) or tidal (sinusoidal rate, a
@@ -89,9 +90,10 @@ class Request:
 
 
 def make_trace(arrival: str, rate: float, duration: float, scenarios=DEFAULT_SCENARIOS, seed: int = 0,
-               burst: float = 0.8, burst_period: float = 60.0, tide: float = 0.7,
+               burst: float = 0.8, burst_period: float = 60.0, tide: float = 0.4, mix_shift: float = 0.6,
                tide_period: Optional[float] = None) -> list[Request]:
-    """Arrivals over [0, duration) at mean `rate` requests/s, sorted by time."""
+    """Arrivals over [0, duration) at mean ~`rate` requests/s, sorted by time. Tidal: the total rate
+    swings by +-`tide` and each scenario's share by +-`mix_shift` with its own phase."""
     if arrival not in ("poisson", "bursty", "tidal"):
         raise ValueError(f"arrival: {arrival!r}; use poisson, bursty or tidal")
     if rate <= 0 or duration <= 0:
@@ -104,12 +106,13 @@ def make_trace(arrival: str, rate: float, duration: float, scenarios=DEFAULT_SCE
         for i, sc in enumerate(scenarios):
             lam = rate * sc.share / total
             phase = 2 * math.pi * i / len(scenarios)
-            t, peak = 0.0, lam * (1 + tide)
+            t, peak = 0.0, lam * (1 + tide) * (1 + mix_shift)
             while True:
                 t += rng.expovariate(peak)
                 if t >= duration:
                     break
-                if rng.random() * peak <= lam * (1 + tide * math.sin(2 * math.pi * t / period + phase)):
+                x = 2 * math.pi * t / period
+                if rng.random() * peak <= lam * (1 + tide * math.sin(x)) * (1 + mix_shift * math.sin(x + phase)):
                     times.append((t, i))
     else:
         t, high = 0.0, True
@@ -205,7 +208,8 @@ class _Costs:
         if lo == 0:
             raise ValueError(f"slo: tpot={1e3 * cfg.tpot_slo_s:g}ms unreachable on {di.label()} of {hw.name} "
                              f"(one sequence per DP group takes {1e3 * self.step(di.dp, self.ctx):.1f} ms per "
-                             "token); raise tpot")
+                             f"token); raise tpot to >= {math.ceil(1e3 * self.step(di.dp, self.ctx))}ms or use "
+                             "larger instances (--decode-shape)")
         return lo * di.dp
 
     def step(self, active: int, ctx: float) -> float:
@@ -499,7 +503,8 @@ class Simulation:
         self.push(self.now + self.cfg.adjust_interval, "adjust")
 
     def _move(self, role, group, to_role, to_group):
-        self.moves.append((self.now, f"{role}[{self.scenarios[group].name}] -> {to_role}[{self.scenarios[to_group].name}]"))
+        names = self.scenarios[group].name, self.scenarios[to_group].name
+        self.moves.append((self.now, f"{role}[{names[0]}] -> {to_role}[{names[1]}]"))
         if role == "prefill":
             p = min((p for p in self.prefills if p.group == group and not p.draining), key=lambda p: p.busy)
             p.draining, p.target = True, (to_role, to_group)
@@ -539,7 +544,8 @@ class Simulation:
     def summary(self, trace: list[Request]) -> dict:
         n = len(trace)
         ttfts = sorted(r.first_token - r.arrival for r in trace if not math.isnan(r.first_token))
-        met = sum(1 for r in trace if not math.isnan(r.first_token) and r.first_token - r.arrival <= self.cfg.ttft_slo_s)
+        met = sum(1 for r in trace
+                  if not math.isnan(r.first_token) and r.first_token - r.arrival <= self.cfg.ttft_slo_s)
         out_tokens = sum(r.output for r in self.done)
         span = max([r.done for r in self.done] + [self.end]) if self.done else self.end
         tpots = [(r.done - r.first_token) / (r.output - 1) for r in self.done if r.output > 1]
@@ -634,10 +640,11 @@ def plot(results, path: str, title: str) -> None:
     ax[3].set_ylabel("timeouts / window")
     ax[3].set_xlabel("time (s)")
     ax[1].legend(fontsize=8)
-    ax[0].set_title(title, fontsize=9)
+    import textwrap
+    ax[0].set_title("\n".join(textwrap.wrap(title, 110)), fontsize=8)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=72)
     plt.close(fig)
 
 
@@ -650,7 +657,8 @@ def table(results) -> str:
         lines.append(f"| {r['system']} | {r['kv_transfer']} | {r['requests']} | {r['completed']} | {r['timeouts']} "
                      f"| {r['e2e_output_tokens_per_s']:.0f} | {100 * r['ttft_slo_attainment']:.1f}% "
                      f"| {r['ttft_p50_ms']:.0f} | {r['ttft_p99_ms']:.0f} | {r['tpot_mean_ms']:.1f} "
-                     f"| {r['kv_transfer_mean_ms']:.2f} | {100 * r['prefix_hit_rate']:.0f}% | {r['ratio_moves']} | {100 * r['prefill_busy_share']:.0f}% |")
+                     f"| {r['kv_transfer_mean_ms']:.2f} | {100 * r['prefix_hit_rate']:.0f}% | {r['ratio_moves']} "
+                     f"| {100 * r['prefill_busy_share']:.0f}% |")
     return "\n".join(lines)
 
 

@@ -11,7 +11,8 @@ from parallel_strategies.strategy import Hardware, load_hardware
 
 from ps_helpers import fixture_config
 
-DEEPSEEK = os.path.join(os.path.dirname(__file__), "..", "..", "parallel_strategies", "models", "deepseek_r1_config.json")
+DEEPSEEK = os.path.join(os.path.dirname(__file__), "..", "..", "parallel_strategies", "models",
+                        "deepseek_r1_config.json")
 
 # a dense toy decoder and a flat hardware profile: every number below is arithmetic on these
 TOY = ModelShape(arch="toy", vocab_size=1000, hidden_size=1024, num_layers=2, num_heads=8, num_kv_heads=8,

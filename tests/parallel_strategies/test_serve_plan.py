@@ -12,7 +12,8 @@ from parallel_strategies.strategy import load_hardware
 
 from ps_helpers import FIXTURES, fixture_config
 
-DEEPSEEK = os.path.join(os.path.dirname(__file__), "..", "..", "parallel_strategies", "models", "deepseek_r1_config.json")
+DEEPSEEK = os.path.join(os.path.dirname(__file__), "..", "..", "parallel_strategies", "models",
+                        "deepseek_r1_config.json")
 PRO = os.path.join(FIXTURES, "pangu_pro_moe_full.json")
 
 
@@ -81,12 +82,15 @@ def test_refusals_say_what_to_change():
         sp.plan(_req(slo=sp.SLO(2.0, 0.001)))
     with pytest.raises(ValueError, match=r"slo: ttft=10ms unreachable .* raise ttft to >= \d+ms"):
         sp.plan(_req(slo=sp.SLO(0.01, 0.1)))
-    with pytest.raises(ValueError, match=r"model: .* does not fit on 4 x 48 GB devices of atlas_300i_duo; use --dtype int8"):
+    with pytest.raises(ValueError, match=r"model: .* does not fit on 4 x 48 GB devices of atlas_300i_duo; "
+                                         r"use --dtype int8"):
         sp.plan(_req(cfg=json.load(open(DEEPSEEK)), hw=load_hardware("atlas_300i_duo"), max_devices=4,
                      precision=inf.Precision("fp16", "fp16")))
-    with pytest.raises(ValueError, match=r"npus: 3 NPUs cannot hold one decode and one prefill instance; use --npus >= 4"):
+    with pytest.raises(ValueError, match=r"npus: 3 NPUs cannot hold one decode and one prefill instance; "
+                                         r"use --npus >= 4"):
         sp.plan(_req(npus=3))
-    for bad, msg in (("ttft=2s", "slo: 'ttft=2s'; write --slo"), ("ttft=2s,tpot=fast", "slo: tpot='fast' is not a duration"),
+    for bad, msg in (("ttft=2s", "slo: 'ttft=2s'; write --slo"),
+                     ("ttft=2s,tpot=fast", "slo: tpot='fast' is not a duration"),
                      ("ttft=2s,tpot=50ms,x=1", "slo: 'ttft=2s,tpot=50ms,x=1'")):
         with pytest.raises(ValueError, match=msg):
             sp.parse_slo(bad)

@@ -41,7 +41,7 @@ def test_traces_have_the_requested_rate_and_are_deterministic():
 
 
 def test_tidal_mix_shifts_between_scenarios():
-    tr = ss.make_trace("tidal", 40.0, 400.0, MIX, seed=0, tide=0.9, tide_period=400.0)
+    tr = ss.make_trace("tidal", 40.0, 400.0, MIX, seed=0, tide=0.0, mix_shift=0.9, tide_period=400.0)
     first = [r.scenario for r in tr if r.arrival < 100]
     later = [r.scenario for r in tr if 200 <= r.arrival < 300]
     assert first.count(0) > 2 * first.count(1) and later.count(1) > 2 * later.count(0)
@@ -98,14 +98,15 @@ def test_on_demand_forwarding_never_queues_behind_a_busy_instance_while_one_is_i
 
 
 def test_dynamic_ratio_moves_instances_towards_the_loaded_scenario():
-    tr = ss.make_trace("tidal", 25.0, 300.0, MIX, seed=0, tide=0.9, tide_period=300.0)
+    # the mix swings between the scenarios: a static per-scenario split overloads one group's prefill
+    tr = ss.make_trace("tidal", 120.0, 200.0, MIX, seed=0, tide=0.3, mix_shift=0.9, tide_period=200.0)
     s, hw, cfg = _setup(n_prefill=4, n_decode=4, adjust_interval=5.0)
     sim = ss.Simulation(s, hw, cfg, MIX, ss.SYSTEMS[4])
     res = sim.run([ss.Request(r.id, r.arrival, r.scenario, r.prompt, r.prefix, r.output, r.variant) for r in tr],
-                  until=300.0)
-    assert res["ratio_moves"] > 0 and sim.moves
+                  until=200.0)
     static = _run(ss.SYSTEMS[3], tr, n_prefill=4, n_decode=4)
-    assert res["ttft_slo_attainment"] >= static["ttft_slo_attainment"]
+    assert res["ratio_moves"] > 0 and any("prefill" in m for _, m in sim.moves)
+    assert static["ttft_slo_attainment"] < 0.9 and res["ttft_slo_attainment"] > static["ttft_slo_attainment"] + 0.1
 
 
 def test_cli_serve_sim_json_plot_and_refusal(capsys, tmp_path):
