@@ -29,6 +29,7 @@ import math
 from dataclasses import dataclass
 
 from . import inference as inf
+from .serve_plan import model_from_args, parse_duration
 from .shape import model_shape
 from .strategy import Hardware, load_hardware
 
@@ -287,8 +288,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from .serve_plan import _model, parse_duration
-    cfg, name = _model(args)
+    cfg, name = model_from_args(args)
     hw = load_hardware(args.hardware)
     for what, v in (("storage-gbs", args.storage_gbs), ("init-s", args.init_s)):
         if v < 0 or (what == "storage-gbs" and v == 0):

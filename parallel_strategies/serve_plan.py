@@ -433,7 +433,8 @@ def table(rep: dict) -> str:
     return "\n".join(lines)
 
 
-def _model(args) -> tuple[Any, str]:
+def model_from_args(args) -> tuple[Any, str]:
+    """(config, display name) from a CLI's --model/--preset or --config-json (exactly one)."""
     if bool(args.model) == bool(args.config_json):
         raise ValueError("model: give exactly one of --model ARCH or --config-json FILE")
     if args.config_json:
@@ -470,7 +471,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    cfg, name = _model(args)
+    cfg, name = model_from_args(args)
     hw = load_hardware(args.hardware)
     kv = args.kv_dtype or ("bf16" if "bf16" in tuple(hw.matmul_dtypes) else "fp16")
     req = PlanRequest(cfg=cfg, model_name=name, hw=hw, slo=parse_slo(args.slo), workload=parse_workload(args.workload),

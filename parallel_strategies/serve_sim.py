@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from . import inference as inf
+from .serve_plan import model_from_args, parse_shape, parse_slo
 from .shape import ModelShape, model_shape
 from .strategy import Hardware, load_hardware
 
@@ -187,7 +188,8 @@ class _Costs:
         free = full.limit - full.total
         if free <= 0:
             raise ValueError(f"prefill: a {cfg.max_prefill_tokens}-token batch per DP group does not fit "
-                             f"{pi.label()} on {self.hw.name}; use larger instances or --dtype int8")
+                             f"{pi.label()} on {self.hw.name}; use larger instances (--prefill-shape DEVICESxTP) "
+                             "or --dtype int8")
         return int(free // per_token)
 
     def _decode_capacity(self, s, hw, cfg) -> int:
@@ -197,7 +199,7 @@ class _Costs:
         cap = inf.max_sequences(s, hw, di, cfg.precision, 1.5 * self.ctx)
         if cap < 1:
             raise ValueError(f"decode: the model does not fit {di.label()} on {hw.name}; use larger instances "
-                             "or --dtype int8")
+                             "(--decode-shape DEVICESxTP) or --dtype int8")
         lo, hi = 0, cap
         while lo < hi:                               # the step grows with the batch: bisect
             mid = (lo + hi + 1) // 2
@@ -687,8 +689,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from .serve_plan import _model, parse_shape, parse_slo
-    cfg_model, name = _model(args)
+    cfg_model, name = model_from_args(args)
     s = model_shape(cfg_model)
     hw = load_hardware(args.hardware)
     slo = parse_slo(args.slo)

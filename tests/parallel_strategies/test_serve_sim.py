@@ -126,3 +126,8 @@ def test_cli_serve_sim_json_plot_and_refusal(capsys, tmp_path):
                "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: slo: tpot=1ms unreachable")
+    deepseek = os.path.join(os.path.dirname(__file__), "..", "..", "parallel_strategies", "models",
+                            "deepseek_r1_config.json")
+    rc = main(["serve-sim", "--config-json", deepseek, "--hardware", "atlas_800i_a2", "--dtype", "bf16"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: decode: the model does not fit 8 dev") and "--decode-shape" in err
