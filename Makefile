@@ -36,8 +36,8 @@ clean:
 .PHONY: simulate search launch
 simulate: setup  ## simulate strategy files: make simulate STRATEGY=pangu_pro_moe_4k_optimised
 	$(PY) -m parallel_strategies simulate $(STRATEGY)
-search: setup  ## rank strategies: make search MODEL=pangu_pro_moe DEVICES=4096 [HW=ascend_910b BATCH_TOKENS=4194304]
-	$(PY) -m parallel_strategies search --model $(MODEL) --devices $(DEVICES) $(if $(HW),--hardware $(HW)) $(if $(BATCH_TOKENS),--batch-tokens $(BATCH_TOKENS))
+search: setup  ## rank strategies: make search MODEL=pangu_pro_moe|CONFIG=config.json DEVICES=4096 [HW=ascend_910b BATCH_TOKENS=4194304]
+	$(PY) -m parallel_strategies search $(if $(CONFIG),--config-json $(CONFIG),--model $(MODEL)) --devices $(DEVICES) $(if $(HW),--hardware $(HW)) $(if $(BATCH_TOKENS),--batch-tokens $(BATCH_TOKENS))
 launch: setup  ## msrun a recipe: make launch RECIPE=... STRATEGY=... [ARGS="--hostfile hosts --dry-run"]
 	$(PY) -m parallel_strategies launch --recipe $(RECIPE) --strategy $(STRATEGY) $(ARGS)
 
@@ -71,3 +71,12 @@ chaos: setup  ## SIGKILL the tiny recipe at random points, resume, compare bitwi
 .PHONY: bench
 bench: setup  ## train-step time, tokens/s, MFU on CPU, MoE vs dense, data throughput -> docs/benchmarks.md: make bench [ARGS="--label x --steps 10"]
 	$(PY) -m recipes.tools.bench $(ARGS)
+
+.PHONY: serve-plan serve-sim scale-plan
+SLO ?= ttft=3s,tpot=50ms
+serve-plan: setup  ## P/D serving plan (docs/serving.md): make serve-plan MODEL=pangu_ultra_moe HW=ascend_910c_cm384 [SLO="ttft=3s,tpot=15ms" CONFIG=file.json WORKLOAD=cm_infer_4k ARGS="--dtype int8 --npus 384 --json"]
+	$(PY) -m parallel_strategies serve-plan $(if $(CONFIG),--config-json $(CONFIG),--model $(MODEL)) --hardware $(HW) --slo "$(SLO)" $(if $(WORKLOAD),--workload $(WORKLOAD)) $(ARGS)
+serve-sim: setup  ## trace simulation, mixed pool vs P/D-Serve: make serve-sim MODEL=pangu_pro_moe HW=atlas_800i_a2 [ARGS="--arrival tidal --json"]
+	$(PY) -m parallel_strategies serve-sim $(if $(CONFIG),--config-json $(CONFIG),--model $(MODEL)) --hardware $(HW) $(ARGS)
+scale-plan: setup  ## elastic EP scaling (ElasticMoE): make scale-plan MODEL=pangu_pro_moe HW=atlas_800i_a2 DEVICES=8 TO=16 [ARGS="--dtype int8 --json"]
+	$(PY) -m parallel_strategies scale-plan $(if $(CONFIG),--config-json $(CONFIG),--model $(MODEL)) --hardware $(HW) --devices $(DEVICES) --to $(TO) $(ARGS)

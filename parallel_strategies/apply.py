@@ -185,7 +185,8 @@ def apply_to_network(net, st: Strategy, cfg: Any):
     from mindspore.parallel.auto_parallel import AutoParallel
     shape = model_shape(cfg)
     pc = st.parallel_config
-    layouts = parameter_layouts(st, cfg, [_Param(p.name, tuple(p.shape), p.logical_axes) for p in net.trainable_params()])
+    params = [_Param(p.name, tuple(p.shape), p.logical_axes) for p in net.trainable_params()]
+    layouts = parameter_layouts(st, cfg, params)
     assign_pipeline_stages(net, st, shape)
     plan = mindspore_layouts(st, layouts)
     sizes = mesh_sizes(st)

@@ -40,6 +40,15 @@ class Hardware:
     bandwidth_efficiency: float
     reserved_gb: float
     description: str = ""
+    # Serving fields (parallel_strategies/inference.py); the defaults leave the training simulator unchanged.
+    devices_per_npu: int = 1             # devices HCCL sees per NPU package as sold (2 dies per 910C)
+    peak_int8_tops: float = 0.0          # dense INT8 matrix peak per device; 0 = no INT8 cube path
+    matmul_dtypes: tuple = ("bf16", "fp16", "int8")  # matrix dtypes the device runs natively
+    ep_dispatch_bandwidth_gbs: float = 0.0  # measured per-rank MoE dispatch bandwidth inside the scale-up
+                                            # domain; 0 = link bandwidth x bandwidth_efficiency
+    ep_combine_bandwidth_gbs: float = 0.0   # same for the combine all-to-all
+    kv_transfer_bandwidth_gbs: float = 0.0  # per-device P->D KV-cache link (RDMA plane); 0 = inter-node link
+    rdma_op_latency_us: float = 0.0      # fixed cost of one RDMA write (block-fixed KV transfer pays it per block)
 
 
 @dataclass
