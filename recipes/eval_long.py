@@ -35,21 +35,29 @@ def word_start_ids(tokenizer) -> list[int]:
 
 
 def build_prompts(tokenizer, train_length: int, multiple: int, limit: int, seed: int):
-    """(prompts as token ids, answers, question token count) for contexts of about multiple x W tokens."""
+    """(prompts as token ids, answers, question token count) for contexts of about multiple x W tokens
+    (1x: the longest that fits in W)."""
     from recipes.data.long_context import long_lookup
 
-    probe = tokenizer.encode(long_lookup(64, seed, 0, 0).context)
-    per_pair = len(probe) / 64
-    q_len = len(tokenizer.encode(long_lookup(1, seed, 0, 0).question))
+    def encode(ex):
+        ids, ctx = tokenizer.encode(ex.prompt), tokenizer.encode(ex.context)
+        if ids[: len(ctx)] != ctx:
+            raise ValueError("long_lookup: the question does not start a new token; check the tokenizer")
+        return ids, len(ids) - len(ctx)
+
+    per_pair = len(tokenizer.encode(long_lookup(64, seed, 0, 0).context)) / 64
+    q_len = encode(long_lookup(1, seed, 0, 0))[1]
     pairs = max(1, int((multiple * train_length - q_len) / per_pair))
     prompts, answers = [], []
     for i in range(limit):
         ex = long_lookup(pairs, seed, multiple, i)
-        ids = tokenizer.encode(ex.context) + tokenizer.encode(ex.question)
+        ids, q = encode(ex)
         while multiple == 1 and len(ids) > train_length:  # the short reference must fit in W
-            ex = long_lookup(pairs - 1, seed, multiple, i)
             pairs -= 1
-            ids = tokenizer.encode(ex.context) + tokenizer.encode(ex.question)
+            ex = long_lookup(pairs, seed, multiple, i)
+            ids, q = encode(ex)
+        if q != q_len:
+            raise ValueError(f"long_lookup: a question of {q} tokens, expected {q_len}; check the tokenizer")
         prompts.append(ids)
         answers.append(ex.answer)
     return prompts, answers, q_len
@@ -74,7 +82,7 @@ def evaluate_long(run, multiples=(4, 16, 64), limit: int = 100, seed: int = 0, s
 
     prompts, answers, q_len = build_prompts(tok, w, 1, limit, seed)
     t0 = time.perf_counter()
-    result["short"] = accuracy(generate(model, prompts, 2, stop_ids=[tok.eod_id], pad_id=tok.pad_id,
+    result["short"] = accuracy(generate(model, prompts, 1, stop_ids=[tok.eod_id], pad_id=tok.pad_id,
                                         batch_size=batch_size), answers)
     result["seconds"]["short"] = round(time.perf_counter() - t0, 2)
     log(f"1x ({max(map(len, prompts))} tokens): short-context accuracy {result['short']:.3f}")
@@ -91,14 +99,14 @@ def evaluate_long(run, multiples=(4, 16, 64), limit: int = 100, seed: int = 0, s
         for mode in modes:
             t0 = time.perf_counter()
             if mode == "xl3m":
-                new, keys = xl3m.generate(model, prompts, 2, cfg, boundary, pad_id=tok.pad_id,
+                new, keys = xl3m.generate(model, prompts, 1, cfg, boundary, pad_id=tok.pad_id,
                                           stop_ids=[tok.eod_id], batch_size=batch_size)
                 fwd = max(batch_size * (segment_tokens + q_len), max(len(k.ids) for k in keys))
             else:
                 rows = prompts if mode == "full" else [p[-w:] for p in prompts]
                 bs = batch_size if mode == "truncate" else max(1, batch_size * w // longest)
-                new = generate(model, rows, 2, stop_ids=[tok.eod_id], pad_id=tok.pad_id, batch_size=bs)
-                fwd = bs * (max(map(len, rows)) + 2)
+                new = generate(model, rows, 1, stop_ids=[tok.eod_id], pad_id=tok.pad_id, batch_size=bs)
+                fwd = bs * (max(map(len, rows)) + 1)
             acc = accuracy(new, answers)
             secs = round(time.perf_counter() - t0, 2)
             result[mode][mult], result["seconds"][mode][mult], result["forward_tokens"][mode][mult] = acc, secs, fwd

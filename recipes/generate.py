@@ -9,6 +9,8 @@ Temperature 0 is greedy. Prints the generated text (up to eod / `<|user|>`).
 Long inputs (docs/inference.md): `--xl3m [--segment-tokens S --question-tokens M --top-k K | --threshold T]`
 answers a prompt far longer than the training length from its XL3M key context (pangu/xl3m.py);
 `--prompt-file PATH` reads a long prompt from a file.
+Reasoning runs: `--trimr --verifier RUN2` closes the thinking (`<think>` ... `</think>`) once the verifier's
+answer is stable over `--repeats` thoughts (pangu/trimr.py); the verifier must share the tokenizer.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--raw", action="store_true", help="do not wrap the prompt in the chat template")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     add_long_context_options(parser)
+    add_trimr_options(parser)
     return parser.parse_args(argv)
 
 
@@ -112,11 +115,92 @@ def generate_xl3m(run, ids: list[int], args, stop: list[int]) -> list[int]:
     return new
 
 
+# --------------------------------------------------------------------------------------------------
+# Thinking compression (TrimR, issue 18): options, checks and the generate call
+
+
+def add_trimr_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("thinking compression (TrimR, docs/inference.md)")
+    g.add_argument("--trimr", action="store_true", help="close the thinking once a verifier finds it settled")
+    g.add_argument("--verifier", default=None, metavar="RUN", help="TrimR verifier: a run or serving directory "
+                   "with the same tokenizer (an instruction-tuned model, not trained for this)")
+    g.add_argument("--repeats", type=int, default=None, help="TrimR: trim when the verifier's answer is the same "
+                   "after this many thoughts in a row (default 2)")
+    g.add_argument("--max-thoughts", type=int, default=None, help="TrimR: close the thinking after N thoughts")
+    g.add_argument("--think-start", default=None, help="TrimR: the text that opens the thinking (default <think>)")
+    g.add_argument("--think-end", default=None, help="TrimR: the text that closes it (default </think>)")
+    g.add_argument("--thought-boundary", default=None, help="TrimR: the one-token text that ends a thought (default ' ;')")
+
+
+def check_trimr_options(args) -> None:
+    if args.trimr and args.xl3m:
+        raise ValueError("--trimr and --xl3m both given; run them one at a time")
+    if args.trimr and args.verifier is None:
+        raise ValueError("--trimr needs --verifier RUN (a run or serving directory with the same tokenizer)")
+    if not args.trimr:
+        given = [f"--{k.replace('_', '-')}" for k in ("verifier", "repeats", "max_thoughts", "think_start",
+                                                     "think_end", "thought_boundary") if getattr(args, k) is not None]
+        if given:
+            raise ValueError(f"{given[0]} is a TrimR option; add --trimr (or drop {given[0]})")
+
+
+def same_tokenizer(a, b) -> bool:
+    """Two tokenizers map every id to the same piece."""
+    return a.vocab_size == b.vocab_size and all(a.id_to_piece(i) == b.id_to_piece(i) for i in range(a.vocab_size))
+
+
+def marker_ids(tok, text: str, option: str, one_token: bool = False) -> list[int]:
+    """The ids of a marker text, refused when the tokenizer cannot spell it."""
+    ids = tok.encode(text)
+    if not ids or tok.unk_id in ids or (one_token and len(ids) != 1):
+        what = f"is {len(ids)} tokens" if tok.unk_id not in ids else "has characters the tokenizer does not know"
+        raise ValueError(f"{option}: {text!r} {what} in this tokenizer; give a text it spells"
+                         f"{' as one token' if one_token else ''} (a run trained with these markers)")
+    return ids
+
+
+def trimr_setup(run, verifier_run, args, stop: list[int]):
+    """(TrimRConfig, ModelVerifier) for `run` judged by `verifier_run`; refuses a verifier whose tokenizer differs."""
+    from pangu import trimr
+    from pangu.generate import Compiled
+
+    tok = run.tokenizer
+    if verifier_run.tokenizer is None or not same_tokenizer(tok, verifier_run.tokenizer):
+        raise ValueError(f"--verifier: {args.verifier} has a different tokenizer than {args.path}; TrimR hands the "
+                         "thoughts over as token ids: use a verifier trained with the same tokenizer")
+    start = marker_ids(tok, args.think_start or "<think>", "--think-start")
+    end = marker_ids(tok, args.think_end or "</think>", "--think-end")
+    boundary = marker_ids(tok, args.thought_boundary or " ;", "--thought-boundary", one_token=True)
+    cfg = trimr.TrimRConfig(tuple(start), tuple(end), frozenset(boundary), repeats=args.repeats or 2,
+                            max_thoughts=args.max_thoughts)
+    verifier = trimr.ModelVerifier(Compiled(verifier_run.model), end, max_answer_tokens=16, stop_ids=stop,
+                                   pad_id=tok.pad_id)
+    return cfg, verifier
+
+
+def generate_trimr(run, ids: list[int], args, stop: list[int]) -> list[int]:
+    import mindspore as ms
+
+    from pangu import trimr
+    from pangu.generate import Compiled
+    from recipes.io.load import load_model
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    cfg, verifier = trimr_setup(run, load_model(args.verifier), args, stop)
+    (new,), (state,) = trimr.generate(Compiled(run.model), [ids], args.max_new_tokens, cfg, verifier, stop_ids=stop,
+                                      temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                                      pad_id=run.tokenizer.pad_id)
+    print(f"trimr: {state.think_tokens} thinking tokens, {len(state.thoughts)} thoughts, "
+          f"{'trimmed (' + state.trimmed + ')' if state.trimmed else 'not trimmed'}", file=sys.stderr)
+    return new
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
 
     def body():
         check_long_context_options(args)
+        check_trimr_options(args)
         from pangu.generate import generate
         from recipes.data import render
         from recipes.data.tokenizer import ASSISTANT_TOKEN
@@ -138,6 +222,8 @@ def main(argv=None) -> int:
         tok = run.tokenizer
         if args.xl3m:
             new = generate_xl3m(run, tok.encode(text), args, stop_ids(tok))
+        elif args.trimr:
+            new = generate_trimr(run, tok.encode(text), args, stop_ids(tok))
         else:
             (new,) = generate(run.model, [tok.encode(text)], args.max_new_tokens, stop_ids=stop_ids(tok),
                               temperature=args.temperature, top_p=args.top_p, seed=args.seed, pad_id=tok.pad_id)
