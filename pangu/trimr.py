@@ -27,7 +27,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from pangu.generate import _check_args, sample_next
+from pangu.generate import sample_next
 
 
 class Verifier(Protocol):
@@ -82,7 +82,8 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, cfg: 
     from mindspore import Tensor
 
     prompts = [list(map(int, p)) for p in prompts]
-    _check_args(prompts, max_new_tokens, temperature, top_p)
+    if max_new_tokens < 1 or not prompts or min(map(len, prompts)) == 0:
+        raise ValueError(f"trimr.generate: needs max_new_tokens >= 1 (got {max_new_tokens}) and non-empty prompts")
     b = len(prompts)
     rngs = [np.random.default_rng([seed, i]) for i in range(b)]
     stop = set(int(s) for s in stop_ids)

@@ -43,3 +43,49 @@ def long_lookup(pairs: int, seed: int, multiple: int, index: int) -> LongExample
     items.insert(at, (key, value))
     context = " ".join(f"{k}={v}" for k, v in items)
     return LongExample(context, f" ? {key}=", str(value), at / max(1, pairs - 1))
+
+
+def write_lookup_corpus(path: str, num_documents: int = 20000, seed: int = 0) -> int:
+    """The `lookup` task documents as JSONL (`{"text": ...}` lines) for `data.source: jsonl`: a tokenizer
+    trained on them spells every two-letter key as one piece, which a tiny model learns to look up in
+    minutes (the built-in tokenizer spells most keys as two pieces). Returns the document count."""
+    import json
+    import os
+
+    from recipes.data.synthetic import generate_corpus
+
+    docs = generate_corpus(num_documents, seed, "train", tasks=("lookup",), max_examples_per_document=1)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"text": d}) + "\n" for d in docs)
+    os.replace(tmp, path)
+    return len(docs)
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    from recipes.cli import run_command
+
+    parser = argparse.ArgumentParser(prog="python -m recipes.data.long_context",
+                                     description="write the lookup corpus (JSONL) the long-context model trains on")
+    parser.add_argument("--out", default="data/lookup.jsonl")
+    parser.add_argument("--documents", type=int, default=20000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    args = parser.parse_args(argv)
+
+    def body():
+        if args.documents < 1:
+            raise ValueError(f"--documents: {args.documents} must be >= 1")
+        n = write_lookup_corpus(args.out, args.documents, args.seed)
+        print(f"wrote {n} lookup documents to {args.out}")
+
+    return run_command(body, args.debug)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
