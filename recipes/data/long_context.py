@@ -1,8 +1,8 @@
 """Long-context key-value recall for the XL3M evaluation (recipes/eval_long.py), built on the `lookup`
 task of the built-in corpus (recipes/data/synthetic.py).
 
-An example asks one key ("... ? fc=", answer "9") over a context of `pairs` two-letter key=digit
-pairs. The asked key occurs exactly once, at a random place; every other pair is a distractor whose
+An example asks one key ("... ? fc", answer "9") over a context of `pairs` pairs of a two-letter key
+and a digit ("ab3"). The asked key occurs exactly once, at a random place; every other pair is a distractor whose
 key is one of the other 63 (they repeat once the context holds more than 63 pairs, each time with a
 new digit, so only the planted pair answers the question). Seeded per (seed, multiple, index), so an
 example does not depend on how many are drawn.
@@ -21,8 +21,8 @@ LONG_VERSION = 1
 
 @dataclass(frozen=True)
 class LongExample:
-    context: str     # "ab=3 fc=9 ..." (no trailing space)
-    question: str    # " ? fc="
+    context: str     # "ab3 fc9 ..." (no trailing space)
+    question: str    # " ? fc"
     answer: str      # "9"
     position: float  # where the planted pair sits, 0 (start) .. 1 (end)
 
@@ -41,8 +41,8 @@ def long_lookup(pairs: int, seed: int, multiple: int, index: int) -> LongExample
     items = lookup_pairs(rng, pairs - 1, avoid=(key,))
     at = rng.randint(0, pairs - 1)
     items.insert(at, (key, value))
-    context = " ".join(f"{k}={v}" for k, v in items)
-    return LongExample(context, f" ? {key}=", str(value), at / max(1, pairs - 1))
+    context = " ".join(f"{k}{v}" for k, v in items)
+    return LongExample(context, f" ? {key}", str(value), at / max(1, pairs - 1))
 
 
 def write_lookup_corpus(path: str, num_documents: int = 20000, seed: int = 0) -> int:

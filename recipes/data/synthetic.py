@@ -17,7 +17,7 @@ what makes copy/reverse/count learnable token by token):
 
 Not in the default mix (name them in `data.tasks`):
 
-    lookup    "ab=3 fc=9 hd=1 ? fc=9 ? ab=3"        2..24 pairs of two-letter keys (64 possible),
+    lookup    "ab3 fc9 hd1 ? fc9 ? ab3"             2..24 key-digit pairs, two-letter keys (64 possible),
               1..4 queries of keys that occur once; the long-context evaluation
               (recipes/eval_long.py) asks the same question over contexts many times longer
 
@@ -85,7 +85,7 @@ def lookup_pairs(rng: random.Random, n: int, avoid: Sequence[str] = ()) -> list[
 def _lookup(rng: random.Random) -> str:
     pairs = lookup_pairs(rng, rng.randint(2, 24))
     queries = [pairs[rng.randrange(len(pairs))] for _ in range(rng.randint(1, 4))]
-    return " ".join(f"{k}={v}" for k, v in pairs) + "".join(f" ? {k}={v}" for k, v in queries)
+    return " ".join(f"{k}{v}" for k, v in pairs) + "".join(f" ? {k}{v}" for k, v in queries)
 
 
 def _is_balanced(brackets: Sequence[str]) -> bool:
