@@ -61,7 +61,7 @@ generate: setup  ## make generate RUN=runs/pro_sft PROMPT="copy: a b c ->" [ARGS
 	$(PY) -m recipes.generate $(RUN) --prompt "$(PROMPT)" $(ARGS)
 
 .PHONY: eval-long
-eval-long: setup  ## long-context recall, full / truncate / XL3M (docs/inference.md): make eval-long RUN=runs/pro_lookup_tiny [ARGS="--multiples 4,16,64 --json"]
+eval-long: setup  ## long-context recall, full / truncate / XL3M (docs/inference.md): make eval-long RUN=runs/pro_lookup_dense [ARGS="--multiples 4,16,64 --json"]
 	$(PY) -m recipes.eval_long $(RUN) $(ARGS)
 
 .PHONY: prepare-data

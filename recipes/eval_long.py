@@ -129,7 +129,7 @@ def parse_multiples(text: str) -> list[int]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m recipes.eval_long", description=__doc__.splitlines()[0])
-    parser.add_argument("path", help="run directory trained on the lookup task (e.g. runs/pro_lookup_tiny)")
+    parser.add_argument("path", help="run directory trained on the lookup task (e.g. runs/pro_lookup_dense)")
     parser.add_argument("--multiples", default="4,16,64", help="context lengths as multiples of the training length")
     parser.add_argument("--limit", type=int, default=100, help="examples per multiple")
     parser.add_argument("--seed", type=int, default=0)

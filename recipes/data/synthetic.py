@@ -18,7 +18,7 @@ what makes copy/reverse/count learnable token by token):
 Not in the default mix (name them in `data.tasks`):
 
     lookup    "ab3 fc9 hd1 ? fc9 ? ab3"             2..24 key-digit pairs, two-letter keys (64 possible),
-              1..4 queries of keys that occur once; the long-context evaluation
+              then 1..all of its keys queried in random order; the long-context evaluation
               (recipes/eval_long.py) asks the same question over contexts many times longer
 
 The alphabet is digits, a-h, `+-=:;?()>`, space and the letters of the task words, so the trained
@@ -84,7 +84,7 @@ def lookup_pairs(rng: random.Random, n: int, avoid: Sequence[str] = ()) -> list[
 
 def _lookup(rng: random.Random) -> str:
     pairs = lookup_pairs(rng, rng.randint(2, 24))
-    queries = [pairs[rng.randrange(len(pairs))] for _ in range(rng.randint(1, 4))]
+    queries = rng.sample(pairs, rng.randint(1, len(pairs)))  # dense: every query's digit is a lookup
     return " ".join(f"{k}{v}" for k, v in pairs) + "".join(f" ? {k}{v}" for k, v in queries)
 
 
