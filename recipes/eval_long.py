@@ -10,7 +10,8 @@ each multiple of the run's training length W (data.seq_length), answered three w
 An answer is correct when the decoded text (stripped) equals the digit. Prints a table (accuracy,
 seconds, the largest forward pass in tokens) or, with --json, one object:
 {"short": acc, "full": {multiple: acc}, "truncate": {...}, "xl3m": {...}, "seconds": {...},
-"forward_tokens": {...}, "peak_rss_mb": ..., ...} (peak_rss_mb: the whole process; run one mode per
+"forward_tokens": {...}, "kept_planted": {mode: {multiple: fraction of prompts whose answered context
+still holds the planted pair}}, "peak_rss_mb": ..., ...} (peak_rss_mb: the whole process; run one mode per
 process with --modes to compare their memory). The run should know the `lookup` task
 (recipes/pangu_pro_moe/pretrain_lookup_tiny.yaml).
 """
@@ -36,7 +37,7 @@ def word_start_ids(tokenizer) -> list[int]:
 
 
 def build_prompts(tokenizer, train_length: int, multiple: int, limit: int, seed: int):
-    """(prompts as token ids, answers, XL3M question tokens) for contexts of about multiple x W tokens
+    """(prompts as token ids, answers, XL3M question tokens, the planted pairs' text) for contexts of about multiple x W tokens
     (1x: the longest that fits in W). The question tokens are the fewest any prompt's question has
     (" ? ab=" is 3 or 4 tokens): the last 3 always hold the key and "="."""
     from recipes.data.long_context import long_lookup
@@ -49,7 +50,7 @@ def build_prompts(tokenizer, train_length: int, multiple: int, limit: int, seed:
 
     per_pair = len(tokenizer.encode(long_lookup(64, seed, 0, 0).context)) / 64
     pairs = max(1, int((multiple * train_length - 4) / per_pair))
-    prompts, answers, q_lens = [], [], []
+    prompts, answers, q_lens, needles = [], [], [], []
     for i in range(limit):
         ex = long_lookup(pairs, seed, multiple, i)
         ids, q = encode(ex)
@@ -60,7 +61,8 @@ def build_prompts(tokenizer, train_length: int, multiple: int, limit: int, seed:
         prompts.append(ids)
         answers.append(ex.answer)
         q_lens.append(q)
-    return prompts, answers, min(q_lens)  # a key is one or two tokens: the shortest question is in every prompt
+        needles.append(ex.question.split()[-1] + ex.answer)
+    return prompts, answers, min(q_lens), needles  # a key is one or two tokens: the shortest question is in every prompt
 
 
 def evaluate_long(run, multiples=(4, 16, 64), limit: int = 100, seed: int = 0, segment_tokens: int = 32,
@@ -75,12 +77,12 @@ def evaluate_long(run, multiples=(4, 16, 64), limit: int = 100, seed: int = 0, s
     boundary = word_start_ids(tok)
     result = {"train_length": w, "limit": limit, "segment_tokens": segment_tokens, "top_k": top_k,
               "threshold": threshold, "measure": measure, "seconds": {}, "forward_tokens": {},
-              "context_tokens": {}}
+              "context_tokens": {}, "kept_planted": {}}
 
     def accuracy(new, answers):
         return sum(tok.decode(n).strip() == a for n, a in zip(new, answers)) / len(answers)
 
-    prompts, answers, q_len = build_prompts(tok, w, 1, limit, seed)
+    prompts, answers, q_len, _ = build_prompts(tok, w, 1, limit, seed)
     t0 = time.perf_counter()
     result["short"] = accuracy(generate(model, prompts, 1, stop_ids=[tok.eod_id], pad_id=tok.pad_id,
                                         batch_size=batch_size), answers)
@@ -92,8 +94,10 @@ def evaluate_long(run, multiples=(4, 16, 64), limit: int = 100, seed: int = 0, s
         result[mode] = {}
         result["seconds"][mode] = {}
         result["forward_tokens"][mode] = {}
+        if mode != "full":
+            result["kept_planted"][mode] = {}
     for mult in multiples:
-        prompts, answers, _ = build_prompts(tok, w, mult, limit, seed)
+        prompts, answers, _, needles = build_prompts(tok, w, mult, limit, seed)
         longest = max(map(len, prompts))
         result["context_tokens"][mult] = longest
         for mode in modes:
@@ -102,15 +106,20 @@ def evaluate_long(run, multiples=(4, 16, 64), limit: int = 100, seed: int = 0, s
                 new, keys = xl3m.generate(model, prompts, 1, cfg, boundary, pad_id=tok.pad_id,
                                           stop_ids=[tok.eod_id], batch_size=batch_size)
                 fwd = max(batch_size * (segment_tokens + q_len), max(len(k.ids) for k in keys))
+                kept = [k.ids for k in keys]
             else:
                 rows = prompts if mode == "full" else [p[-w:] for p in prompts]
                 bs = batch_size if mode == "truncate" else max(1, batch_size * w // longest)
                 new = generate(model, rows, 1, stop_ids=[tok.eod_id], pad_id=tok.pad_id, batch_size=bs)
                 fwd = bs * (max(map(len, rows)) + 1)
+                kept = rows
             acc = accuracy(new, answers)
+            if mode != "full":  # does the prompt the model answers from still hold the planted pair?
+                result["kept_planted"][mode][mult] = sum(n in tok.decode(k).split() for n, k in zip(needles, kept)) / limit
             secs = round(time.perf_counter() - t0, 2)
             result[mode][mult], result["seconds"][mode][mult], result["forward_tokens"][mode][mult] = acc, secs, fwd
-            log(f"{mult}x ({longest} tokens) {mode:>8}: accuracy {acc:.3f}, {secs:.1f} s, largest forward {fwd} tokens")
+            held = f", planted pair kept {result['kept_planted'][mode][mult]:.3f}" if mode != "full" else ""
+            log(f"{mult}x ({longest} tokens) {mode:>8}: accuracy {acc:.3f}{held}, {secs:.1f} s, largest forward {fwd} tokens")
     import resource
 
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # whole process

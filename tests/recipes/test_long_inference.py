@@ -105,5 +105,6 @@ def test_eval_long_json(lookup_run, capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(out["full"]) == set(out["truncate"]) == set(out["xl3m"]) == {"4"}
     assert all(0 <= out[m]["4"] <= 1 for m in ("full", "truncate", "xl3m")) and 0 <= out["short"] <= 1
+    assert set(out["kept_planted"]) == {"truncate", "xl3m"} and 0 <= out["kept_planted"]["xl3m"]["4"] <= 1
     assert out["context_tokens"]["4"] > 100 and out["forward_tokens"]["xl3m"]["4"] < out["forward_tokens"]["full"]["4"]
     assert main([lookup_run, "--multiples", "1"]) == 2
