@@ -58,8 +58,9 @@ def add_long_context_options(parser: argparse.ArgumentParser) -> None:
 
 def check_long_context_options(args) -> None:
     """One-line refusals of XL3M options given without --xl3m, and of --prompt / --prompt-file misuse."""
-    if (args.prompt is None) == (args.prompt_file is None):
-        raise ValueError("give exactly one of --prompt TEXT or --prompt-file PATH")
+    if (not args.prompt) == (args.prompt_file is None):  # `make generate` passes --prompt "" with no PROMPT
+        raise ValueError("give exactly one of --prompt TEXT or --prompt-file PATH (make generate: PROMPT=... or "
+                         "ARGS=\"--prompt-file PATH\")")
     if not args.xl3m:
         given = [f"--{k.replace('_', '-')}" for k in ("segment_tokens", "question_tokens", "top_k", "threshold", "measure")
                  if getattr(args, k) is not None]

@@ -53,7 +53,7 @@ def test_generate_cli_answers_a_long_prompt_with_xl3m(lookup_run, tmp_path, caps
 
     prompt = tmp_path / "long.txt"
     prompt.write_text(long_lookup(80, 0, 8, 0).prompt)  # ~240 tokens, 8x the training length
-    assert main([lookup_run, "--prompt-file", str(prompt), "--xl3m", "--segment-tokens", "12",
+    assert main([lookup_run, "--prompt", "", "--prompt-file", str(prompt), "--xl3m", "--segment-tokens", "12",
                  "--question-tokens", "4", "--top-k", "2", "--max-new-tokens", "1"]) == 0
     err = capsys.readouterr().err
     kept = re.search(r"xl3m: (\d+) tokens -> (\d+) segments, kept \[(\d+), (\d+)\] \((\d+) tokens\)", err)
@@ -69,6 +69,7 @@ def test_generate_cli_answers_a_long_prompt_with_xl3m(lookup_run, tmp_path, caps
     (["--verifier", "runs/x"], "--verifier is a TrimR option; add --trimr"),
     (["--trimr"], "--trimr needs --verifier RUN"),
     (["--trimr", "--xl3m", "--verifier", "x"], "one at a time"),
+    (["--prompt-file", "long.txt"], "give exactly one of --prompt TEXT or --prompt-file PATH"),
 ])
 def test_generate_cli_refuses_bad_settings_in_one_line(lookup_run, capsys, args, message):
     from recipes.generate import main
