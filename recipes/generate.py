@@ -129,7 +129,7 @@ def add_trimr_options(parser: argparse.ArgumentParser) -> None:
                    "after this many thoughts in a row (default 2)")
     g.add_argument("--max-thoughts", type=int, default=None, help="TrimR: close the thinking after N thoughts")
     g.add_argument("--think-start", default=None, help="TrimR: the text that opens the thinking (default <think>)")
-    g.add_argument("--think-end", default=None, help="TrimR: the text that closes it (default </think>)")
+    g.add_argument("--think-end", default=None, help="TrimR: the text that closes it (default ' </think>')")
     g.add_argument("--thought-boundary", default=None, help="TrimR: the one-token text that ends a thought (default ' ;')")
 
 
@@ -151,8 +151,11 @@ def same_tokenizer(a, b) -> bool:
 
 
 def marker_ids(tok, text: str, option: str, one_token: bool = False) -> list[int]:
-    """The ids of a marker text, refused when the tokenizer cannot spell it."""
-    ids = tok.encode(text)
+    """The ids of a marker text as it is spelled after other text (no sentencepiece word-start prefix
+    of its own), refused when the tokenizer cannot spell it."""
+    probe = tok.encode("0")
+    ids = tok.encode("0" + text)
+    ids = ids[len(probe):] if ids[: len(probe)] == probe else tok.encode(text)
     if not ids or tok.unk_id in ids or (one_token and len(ids) != 1):
         what = f"is {len(ids)} tokens" if tok.unk_id not in ids else "has characters the tokenizer does not know"
         raise ValueError(f"{option}: {text!r} {what} in this tokenizer; give a text it spells"
@@ -170,7 +173,7 @@ def trimr_setup(run, verifier_run, args, stop: list[int]):
         raise ValueError(f"--verifier: {args.verifier} has a different tokenizer than {args.path}; TrimR hands the "
                          "thoughts over as token ids: use a verifier trained with the same tokenizer")
     start = marker_ids(tok, args.think_start or "<think>", "--think-start")
-    end = marker_ids(tok, args.think_end or "</think>", "--think-end")
+    end = marker_ids(tok, args.think_end or " </think>", "--think-end")
     boundary = marker_ids(tok, args.thought_boundary or " ;", "--thought-boundary", one_token=True)
     cfg = trimr.TrimRConfig(tuple(start), tuple(end), frozenset(boundary), repeats=args.repeats or 2,
                             max_thoughts=args.max_thoughts)
