@@ -60,6 +60,10 @@ score: setup  ## logits for token ids (docs/export.md): make score RUN=runs/<nam
 generate: setup  ## make generate RUN=runs/pro_sft PROMPT="copy: a b c ->" [ARGS="--temperature 0.8 --top-p 0.9"]
 	$(PY) -m recipes.generate $(RUN) --prompt "$(PROMPT)" $(ARGS)
 
+.PHONY: eval-long
+eval-long: setup  ## long-context recall, full / truncate / XL3M (docs/inference.md): make eval-long RUN=runs/pro_lookup_dense [ARGS="--multiples 4,16,64 --json"]
+	$(PY) -m recipes.eval_long $(RUN) $(ARGS)
+
 .PHONY: prepare-data
 prepare-data: setup  ## token shards (docs/data.md): make prepare-data FORMAT=megatron|mindrecord [OUT=data/FORMAT] [INPUT=corpus.jsonl] [ARGS="--tokenizer-model tok.model"]
 	$(PY) -m recipes.data.prepare --format $(or $(FORMAT),megatron) --out $(or $(OUT),data/$(or $(FORMAT),megatron)) $(if $(INPUT),--input $(INPUT)) $(ARGS)

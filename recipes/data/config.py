@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from recipes.data.synthetic import TASKS
+from recipes.data.synthetic import TASK_FNS, TASKS
 
 SOURCES = ("synthetic", "jsonl", "sft", "chat_jsonl", "megatron", "mindrecord")
 PRETOKENIZED = ("megatron", "mindrecord")  # token-id shards (recipes.data.shards); made by recipes.data.prepare
@@ -63,9 +63,9 @@ class DataConfig:
         if self.source in ("synthetic", "sft"):
             if not self.tasks:
                 raise ValueError(f"tasks: empty task mix; choose from {', '.join(TASKS)}")
-            unknown = [t for t in self.tasks if t not in TASKS]
+            unknown = [t for t in self.tasks if t not in TASK_FNS]
             if unknown:
-                raise ValueError(f"tasks: unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
+                raise ValueError(f"tasks: unknown task {unknown[0]!r}; choose from {', '.join(TASK_FNS)}")
             if self.max_examples_per_document < 1:
                 raise ValueError(
                     f"max_examples_per_document: {self.max_examples_per_document} must be >= 1; use e.g. 4"

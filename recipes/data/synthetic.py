@@ -15,6 +15,12 @@ what makes copy/reverse/count learnable token by token):
     brackets  "balanced: ( ( ) ) -> yes"   "balanced: ( ) ) ( -> no"
     count     "count b: a b d b -> 2"
 
+Not in the default mix (name them in `data.tasks`):
+
+    lookup    "ab3 fc9 hd1 ? fc9 ? ab3"             2..24 key-digit pairs, two-letter keys (64 possible),
+              then 1..all of its keys queried in random order; the long-context evaluation
+              (recipes/eval_long.py) asks the same question over contexts many times longer
+
 The alphabet is digits, a-h, `+-=:;?()>`, space and the letters of the task words, so the trained
 tokenizer is small (110 pieces for the default corpus, for any vocab_size above that). Generation
 uses `random.Random` seeded from a SHA-256 of (seed, split), which is stable across Python versions
@@ -66,6 +72,22 @@ def _recall(rng: random.Random) -> str:
     return f"{pairs} ? {keys[query]} -> {values[query]}"
 
 
+LOOKUP_KEYS = tuple(a + b for a in LETTERS for b in LETTERS)
+
+
+def lookup_pairs(rng: random.Random, n: int, avoid: Sequence[str] = ()) -> list[tuple[str, int]]:
+    """`n` (key, digit) pairs with distinct two-letter keys not in `avoid` (keys may repeat once n > 64)."""
+    pool = [k for k in LOOKUP_KEYS if k not in avoid]
+    keys = rng.sample(pool, n) if n <= len(pool) else [rng.choice(pool) for _ in range(n)]
+    return [(k, rng.randint(0, 9)) for k in keys]
+
+
+def _lookup(rng: random.Random) -> str:
+    pairs = lookup_pairs(rng, rng.randint(2, 24))
+    queries = rng.sample(pairs, rng.randint(1, len(pairs)))  # dense: every query's digit is a lookup
+    return " ".join(f"{k}{v}" for k, v in pairs) + "".join(f" ? {k}{v}" for k, v in queries)
+
+
 def _is_balanced(brackets: Sequence[str]) -> bool:
     depth = 0
     for b in brackets:
@@ -109,7 +131,8 @@ TASK_FNS: dict[str, Callable[[random.Random], str]] = {
     "brackets": _brackets,
     "count": _count,
 }
-TASKS: tuple[str, ...] = tuple(TASK_FNS)
+TASKS: tuple[str, ...] = tuple(TASK_FNS)  # the default mix
+TASK_FNS["lookup"] = _lookup
 
 
 def _stream(seed: int, split: str) -> random.Random:
@@ -138,7 +161,7 @@ def generate_corpus(
     """
     unknown = [t for t in tasks if t not in TASK_FNS]
     if unknown:
-        raise ValueError(f"tasks: unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
+        raise ValueError(f"tasks: unknown task {unknown[0]!r}; choose from {', '.join(TASK_FNS)}")
     rng = _stream(seed, split)
     docs: list[str] = []
     attempts = 0
