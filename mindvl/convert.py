@@ -182,21 +182,26 @@ PANGU_MODEL_TYPE, PANGU_ARCHITECTURE = "mindvl_pangu", "MindVLPanguForConditiona
 # ---------------------------------------------------------------------------------------------
 
 def run_assets(data_cfg, run_dir: str) -> dict:
-    """The run's tokenizer (mindvl.dataset always uses ByteTokenizer) and image processor: the run
-    directory's preprocessor_config.json (the resolution search writes one) or the data budget."""
-    from mindvl.processor import ByteTokenizer, ImageProcessor
+    """The run's tokenizer (`data.tokenizer_json`, else ByteTokenizer) and image processor: the run
+    directory's preprocessor_config.json (the resolution search or an import writes one) or the data budget."""
+    from mindvl.processor import ImageProcessor, data_tokenizer
 
     saved = os.path.join(run_dir, "preprocessor_config.json")
     processor = ImageProcessor.load(saved) if os.path.isfile(saved) else data_cfg.processor()
-    return {"tokenizer": ByteTokenizer(), "processor": processor}
+    return {"tokenizer": data_tokenizer(data_cfg.tokenizer_json), "processor": processor}
 
 
 def write_assets(cfg: MindVLConfig, out: str, tokenizer, processor) -> dict:
     """tokenizer.json & co., generation_config.json, preprocessor_config.json; returns config.json's id keys."""
+    from mindvl.processor import HFTokenizer
+
     text, vision = cfg.text_config(), cfg.vision_for_decoder()
     ids = {}
     if tokenizer is not None:
-        save_tokenizer(tokenizer, out, getattr(text, "max_position_embeddings", 4096))
+        if isinstance(tokenizer, HFTokenizer):      # a checkpoint's own files, as they are
+            copy_tokenizer_files(os.path.dirname(tokenizer.path), out)
+        else:
+            save_tokenizer(tokenizer, out, getattr(text, "max_position_embeddings", 4096))
         gen = generation_ids(tokenizer)
         with open(os.path.join(out, "generation_config.json"), "w") as f:
             json.dump({**gen, "do_sample": False}, f, indent=2)
@@ -208,19 +213,31 @@ def write_assets(cfg: MindVLConfig, out: str, tokenizer, processor) -> dict:
 
 
 def read_assets(hf_dir: str, out: str, cfg: MindVLConfig) -> dict:
-    """Check that the tokenizer files describe the ByteTokenizer; keep preprocessor_config.json
-    (copied verbatim: a re-export writes the same file) and its pixel budget as the data budget."""
-    from mindvl.processor import ImageProcessor
+    """The imported run's `data:` section from the directory's files: its own tokenizer.json (any tokenizer
+    the `tokenizers` library reads that has MindVL's special tokens; copied into OUT with its companion
+    files and named by `tokenizer_json`; MindVL's own ByteTokenizer export needs nothing) and
+    preprocessor_config.json (copied verbatim; its pixel budget becomes the data budget). The vision token
+    ids of config.json must be the tokenizer's."""
+    from mindvl.processor import HFTokenizer, ImageProcessor
 
+    data = {}
     if any(os.path.isfile(os.path.join(hf_dir, n)) for n in TOKENIZER_FILES):
-        load_tokenizer(hf_dir)
+        tokenizer = load_tokenizer(hf_dir)
+        for name, key in (("<|image_pad|>", "image_token_id"), ("<|vision_start|>", "vision_start_token_id"),
+                          ("<|vision_end|>", "vision_end_token_id")):
+            if tokenizer.token_id(name) != getattr(cfg, key):
+                raise ValueError(f"{key}: config.json says {getattr(cfg, key)} but tokenizer.json has {name} = "
+                                 f"{tokenizer.token_id(name)}; the tokenizer belongs to another model")
+        if isinstance(tokenizer, HFTokenizer):
+            copy_tokenizer_files(hf_dir, out)
+            data["tokenizer_json"] = os.path.abspath(os.path.join(out, "tokenizer.json"))
     saved = os.path.join(hf_dir, "preprocessor_config.json")
     if not os.path.isfile(saved):
-        return {}
+        return data
     processor = ImageProcessor.load(saved)
     check_processor(processor, cfg.vision_for_decoder())
     shutil.copyfile(saved, os.path.join(out, "preprocessor_config.json"))
-    return {"min_pixels": processor.min_pixels, "max_pixels": processor.max_pixels}
+    return {**data, "min_pixels": processor.min_pixels, "max_pixels": processor.max_pixels}
 
 
 def serving_assets(hf_dir: str) -> dict:
@@ -252,6 +269,15 @@ def example_inputs(cfg: MindVLConfig, seq_len: int, patches: int) -> list:
 # ---------------------------------------------------------------------------------------------
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# what a Qwen2.5-VL checkpoint carries besides tokenizer.json (the slow tokenizer's files, the chat template)
+TOKENIZER_COMPANIONS = ("vocab.json", "merges.txt", "added_tokens.json", "chat_template.json", "chat_template.jinja")
+
+
+def copy_tokenizer_files(src: str, dst: str) -> None:
+    """Copy a checkpoint's tokenizer files (those of TOKENIZER_FILES + TOKENIZER_COMPANIONS it has) unchanged."""
+    for name in TOKENIZER_FILES + TOKENIZER_COMPANIONS:
+        if os.path.isfile(os.path.join(src, name)) and os.path.abspath(src) != os.path.abspath(dst):
+            shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
 
 
 def _byte_chars() -> list[str]:
@@ -317,8 +343,8 @@ def chat_template() -> str:
 
 
 def generation_ids(tokenizer) -> dict:
-    """bos/eos/pad ids of generation_config.json: stop at <|im_end|> (end of an answer) or <eod>."""
-    _check_byte_tokenizer(tokenizer)
+    """bos/eos/pad ids of generation_config.json: stop at <|im_end|> (end of an answer) or <eod>
+    (ByteTokenizer's <eod>, a Qwen tokenizer's <|endoftext|>)."""
     return {"bos_token_id": None, "eos_token_id": [tokenizer.token_id("<|im_end|>"), tokenizer.eod_id],
             "pad_token_id": tokenizer.pad_id}
 
@@ -341,9 +367,11 @@ def save_tokenizer(tokenizer, directory: str, max_length: int = 4096) -> None:
 
 
 def load_tokenizer(directory: str):
-    """The ByteTokenizer described by an export's tokenizer.json; a one-line ValueError when the file
-    is missing or describes any other tokenizer (ids, byte table, merges, special tokens)."""
-    from mindvl.processor import ByteTokenizer
+    """The tokenizer of a serving directory's tokenizer.json: MindVL's ByteTokenizer when the file describes it
+    (our own export), else the file itself through the `tokenizers` library (HFTokenizer: a Qwen2.5-VL
+    checkpoint's byte-level BPE); a one-line ValueError when the file is missing, unreadable or lacks
+    MindVL's special tokens."""
+    from mindvl.processor import ByteTokenizer, HFTokenizer
 
     path = os.path.join(directory, "tokenizer.json")
     if not os.path.isfile(path):
@@ -352,11 +380,9 @@ def load_tokenizer(directory: str):
         found = json.load(f)
     tokenizer = ByteTokenizer()
     want = tokenizer_json(tokenizer)
-    for key in ("added_tokens", "pre_tokenizer", "decoder", "model"):
-        if found.get(key) != want[key]:
-            raise ValueError(f"{path}: {key} differs from MindVL's ByteTokenizer (byte-level, ids = byte + "
-                             f"{tokenizer.offset}, 7 special tokens); this tokenizer cannot be rebuilt here")
-    return tokenizer
+    if all(found.get(key) == want[key] for key in ("added_tokens", "pre_tokenizer", "decoder", "model")):
+        return tokenizer
+    return HFTokenizer(path)
 
 
 def check_processor(processor, vision_cfg) -> None:
@@ -372,10 +398,14 @@ def check_processor(processor, vision_cfg) -> None:
 def save_preprocessor(processor, directory: str) -> str:
     """preprocessor_config.json as Qwen2.5-VL ships it (min/max_pixels also as `size`), plus our record
     (`extra.resolution_search`, written by mindvl.evaluate); ImageProcessor.load reads it back."""
+    path = os.path.join(directory, "preprocessor_config.json")
+    source = getattr(processor, "source_path", None)     # an imported file, unchanged since: written as it was
+    if source and os.path.isfile(source) and type(processor).load(source) == processor:
+        shutil.copyfile(source, path)
+        return path
     d = processor.to_dict()
     d.update(processor_class="Qwen2_5_VLProcessor",
              size={"shortest_edge": processor.min_pixels, "longest_edge": processor.max_pixels})
-    path = os.path.join(directory, "preprocessor_config.json")
     with open(path, "w") as f:
         json.dump(d, f, indent=2, sort_keys=True)
     return path

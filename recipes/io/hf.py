@@ -42,7 +42,8 @@ DEFAULT_SHARD_SIZE = "2GB"
 # (or a run initialised from it) writes the same config keys, special-token ids and tokenizer files.
 HF_SOURCE = "hf_source"
 SOURCE_FILES = ("config.json", "generation_config.json", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-                "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja")
+                "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja",
+                "chat_template.json")
 
 
 # ---------------------------------------------------------------------------------------------- shards

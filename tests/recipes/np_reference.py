@@ -149,3 +149,27 @@ def qwen2_logits(w: dict, c: dict, ids_S):
     """Logits [S, V] of a Qwen2ForCausalLM checkpoint on one sequence (positions 0..S-1)."""
     h = np.asarray(w["model.embed_tokens.weight"], np.float64)[np.asarray(ids_S)]
     return qwen2_head(w, c, qwen2_hidden(w, c, h, np.arange(len(ids_S))))
+
+
+def qwen2_vl_positions(ids_S, image_token_id, grids, merge=2):
+    """M-RoPE positions [3, S] as Qwen2-VL / Qwen2.5-VL's get_rope_index gives them for images: a text token
+    gets one more than the previous maximum in all three streams; an image of llm grid (t, h/merge, w/merge)
+    starting at s gets (s + ti, s + hi, s + wi); the text after it resumes at s + max(t, h/merge, w/merge)."""
+    out, nxt, i, img = [[], [], []], 0, 0, 0
+    ids_S = list(ids_S)
+    while i < len(ids_S):
+        if ids_S[i] != image_token_id:
+            for stream in out:
+                stream.append(nxt)
+            nxt, i = nxt + 1, i + 1
+            continue
+        t, h, w = (int(x) for x in grids[img])
+        lh, lw = h // merge, w // merge
+        for ti in range(t):
+            for hi in range(lh):
+                for wi in range(lw):
+                    out[0].append(nxt + ti)
+                    out[1].append(nxt + hi)
+                    out[2].append(nxt + wi)
+        i, nxt, img = i + t * lh * lw, nxt + max(t, lh, lw), img + 1
+    return np.array(out)
