@@ -197,7 +197,8 @@ class ByteTokenizer:
 class HFTokenizer:
     """A checkpoint's own `tokenizer.json` (Hugging Face `tokenizers`; Qwen2's byte-level BPE with its added
     tokens), behind ByteTokenizer's interface: `token_id(name)` for MindVL's special-token names (`<eod>` and
-    `<pad>` are Qwen's `<|endoftext|>`, the chat and vision tokens keep their names), `encode`, `decode`,
+    `<pad>` are Qwen's `<|endoftext|>` unless the file has them by our names, the chat and vision tokens keep
+    their names), `encode`, `decode`,
     `vocab_size` (ids including the added tokens), `pad_id`, `eod_id`. The file is read, never rewritten."""
 
     ALIASES = {"<eod>": "<|endoftext|>", "<pad>": "<|endoftext|>"}
@@ -216,15 +217,16 @@ class HFTokenizer:
         self._tk.no_truncation()
         self.path = path
         self.vocab_size = self._tk.get_vocab_size(with_added_tokens=True)
-        missing = [t for t in SPECIAL_TOKENS if self._tk.token_to_id(self.ALIASES.get(t, t)) is None]
+        missing = [t for t in SPECIAL_TOKENS if self.token_id(t) is None]
         if missing:
             raise ValueError(f"{path}: no {self.ALIASES.get(missing[0], missing[0])} token; MindVL needs "
                              f"{', '.join(sorted({self.ALIASES.get(t, t) for t in SPECIAL_TOKENS}))} "
                              "(a Qwen2-VL / Qwen2.5-VL tokenizer has them)")
         self.pad_id, self.eod_id = self.token_id("<pad>"), self.token_id("<eod>")
 
-    def token_id(self, name: str) -> int:
-        return self._tk.token_to_id(self.ALIASES.get(name, name))
+    def token_id(self, name: str) -> int | None:
+        found = self._tk.token_to_id(name)
+        return found if found is not None else self._tk.token_to_id(self.ALIASES.get(name, name))
 
     def encode(self, text: str) -> list[int]:
         return self._tk.encode(text, add_special_tokens=False).ids
