@@ -179,6 +179,9 @@ def model_shape(cfg: MindVLConfig) -> ModelShape:
 
 
 PRESETS = {name: (lambda n=name: MindVLConfig(vision_config=vision_preset(n), text_preset=n))
-           for name in ("tiny", "bench", "full")}
+           for name in ("tiny", "bench")}
+# Qwen2.5-VL-7B: the ViT + the Qwen2.5-7B decoder with the VL model's 128k positions and M-RoPE [16, 24, 24]
+PRESETS["full"] = lambda: MindVLConfig(vision_config=vision_preset("full"), text_preset="full",
+                                       text_overrides={"max_position_embeddings": 128000})
 PANGU_PRESETS = {name: (lambda n=name: MindVLPanguConfig(vision_config=vision_preset(n), text_preset=n))
                  for name in ("tiny", "bench", "full")}
