@@ -9,7 +9,7 @@ from pangu.spec import ModelSpec
 
 _COMMON = dict(instantiate=model.MindVL, init_weights=model.init_weights, count_parameters=config.count_parameters,
                shape=config.model_shape, data_config_cls=MindVLDataConfig, build_dataset=MultimodalPackedDataset,
-               evaluate=evaluate_dataset, forward_inputs=model.forward_inputs)
+               evaluate=evaluate_dataset, forward_inputs=model.forward_inputs, init_from_state=model.init_from_state)
 SPEC = ModelSpec(name="mindvl", config_cls=config.MindVLConfig, presets=config.PRESETS, serving=convert.SERVING,
                  **_COMMON)
 PANGU_SPEC = ModelSpec(name="mindvl_pangu", config_cls=config.MindVLPanguConfig, presets=config.PANGU_PRESETS,

@@ -104,10 +104,12 @@ def token_ids(tokenizer) -> dict:
 
 
 def write_tokenizer(tokenizer, out: str, max_length: int) -> None:
-    """tokenizer.model + tokenizer_config.json + special_tokens_map.json (sentencepiece, Llama-style)."""
+    """tokenizer.model + tokenizer_config.json + special_tokens_map.json (sentencepiece, Llama-style); a run that
+    trained with a tokenizer.json (JsonTokenizer) gets that file as it is and a PreTrainedTokenizerFast config."""
     from recipes.data.tokenizer import CHAT_TOKENS
 
-    shutil.copyfile(tokenizer.model_path, os.path.join(out, "tokenizer.model"))
+    is_json = str(tokenizer.model_path).endswith(".json")
+    shutil.copyfile(tokenizer.model_path, os.path.join(out, "tokenizer.json" if is_json else "tokenizer.model"))
     piece = tokenizer.id_to_piece
 
     def special(i):
@@ -123,10 +125,12 @@ def write_tokenizer(tokenizer, out: str, max_length: int) -> None:
     config = {
         # LlamaTokenizer is transformers' plain sentencepiece wrapper; legacy=True keeps encode() == our ids
         "tokenizer_class": "LlamaTokenizer", "legacy": True, "add_bos_token": False, "add_eos_token": False,
-        "clean_up_tokenization_spaces": False, "model_max_length": max_length, "sp_model_kwargs": {},
-        **{k: v for k, v in specials.items() if v is not None},
+    } if not is_json else {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False, "add_eos_token": False}
+    config.update({
+        "clean_up_tokenization_spaces": False, "model_max_length": max_length,
+        **({} if is_json else {"sp_model_kwargs": {}}), **{k: v for k, v in specials.items() if v is not None},
         "additional_special_tokens": chat, "added_tokens_decoder": added,
-    }
+    })
     if len(chat) == 2:  # recipes.data.sft.render: <|user|>text<|assistant|>text ...
         config["chat_template"] = (
             "{% for message in messages %}{% if message['role'] == 'user' %}" + chat[0] + "{% else %}"
