@@ -369,10 +369,13 @@ def import_to_run(hf_dir: str, out: str, overwrite: bool = False, log=print) -> 
     raw = {"description": f"imported from {os.path.abspath(hf_dir)}",
            "model": {"arch": spec.name, "preset": "tiny", **_plain(dataclasses.asdict(cfg))},
            "run": {"root": os.path.dirname(os.path.abspath(out)), "name": os.path.basename(os.path.normpath(out))}}
-    tokenizer = os.path.join(hf_dir, "tokenizer.model")
-    if os.path.isfile(tokenizer):
-        shutil.copyfile(tokenizer, os.path.join(out, "tokenizer.model"))
-        raw["data"] = {"tokenizer_model": os.path.abspath(os.path.join(out, "tokenizer.model"))}
+    # the text data tokenizer: the checkpoint's sentencepiece model, else its tokenizer.json (Qwen2's byte-level
+    # BPE, read by recipes.data.tokenizer.JsonTokenizer); an arch with asset hooks reads its own (MindVL)
+    names = ("tokenizer.model",) if spec.serving.read_assets is not None else ("tokenizer.model", "tokenizer.json")
+    tokenizer = next((n for n in names if os.path.isfile(os.path.join(hf_dir, n))), None)
+    if tokenizer is not None:
+        shutil.copyfile(os.path.join(hf_dir, tokenizer), os.path.join(out, tokenizer))
+        raw["data"] = {"tokenizer_model": os.path.abspath(os.path.join(out, tokenizer))}
     if spec.serving.read_assets is not None:
         data = spec.serving.read_assets(hf_dir, out, cfg)
         if data:

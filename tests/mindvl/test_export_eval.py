@@ -109,6 +109,9 @@ def test_export_round_trip_with_pangu_decoders_in_their_own_layout(tmp_path, tex
     assert conf["text_architectures"] == [models.get_spec(text_arch).serving.architecture]
     with pytest.raises(ValueError, match="^text_arch: .* has no qwen2_5_vl export"):
         convert.hf_config(cfg)
+    with pytest.raises(ValueError, match=r"^--layout: mindvl_pangu has no 'qwen2_5_vl' serving layout; use one of "
+                                         r"\['mindvl_pangu'\]"):
+        models.get_spec("mindvl_pangu").layout("qwen2_5_vl")
     assert hf["visual.patch_embed.proj.weight"].shape == (32, 3, 2, 14, 14)
     back = convert.from_hf(hf, cfg)
     ours = {n: p.asnumpy() for n, p in model.parameters_and_names()}

@@ -14,11 +14,8 @@ from recipes.io import checkpoint as ck
 from recipes.io import hf, safetensors_io
 from np_reference import qwen2_head, qwen2_hidden, qwen2_vl_positions
 from test_interop import exported_tensors
-from test_qwen2_interop import qwen2_tensors
+from test_qwen2_interop import QWEN_SPECIALS, qwen2_tensors, qwen_tokenizer
 
-QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-                 "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
-                 "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 VISION = {"depth": 2, "hidden_act": "silu", "hidden_size": 32, "intermediate_size": 48, "num_heads": 2, "in_chans": 3,
           "out_hidden_size": 64, "patch_size": 14, "spatial_merge_size": 2, "spatial_patch_size": 14, "window_size": 112,
           "fullatt_block_indexes": [1], "tokens_per_second": 2, "temporal_patch_size": 2}
@@ -27,22 +24,6 @@ PREPROCESSOR = {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "t
                 "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor"}
 CHAT_TEMPLATE = {"chat_template": "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
                                   "{{ message['content'] }}<|im_end|>\n{% endfor %}"}
-
-
-def qwen_tokenizer(directory):
-    """A small Qwen2-style tokenizer.json: byte-level BPE trained on a few lines, then Qwen's 14 added tokens."""
-    from tokenizers import Tokenizer, decoders, models as tk_models, pre_tokenizers, trainers
-
-    tk = Tokenizer(tk_models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    tk.train_from_iterator(["What colour is the shape at the top left?", "The answer is red.",
-                            "Read the digits: 4 7 1 9", "You are a helpful assistant."] * 20, trainer)
-    tk.add_special_tokens(list(QWEN_SPECIALS))
-    tk.save(os.path.join(directory, "tokenizer.json"))
-    return {t: tk.token_to_id(t) for t in QWEN_SPECIALS}, tk.get_vocab_size(with_added_tokens=True)
 
 
 def vl_tensors(config, seed=1):

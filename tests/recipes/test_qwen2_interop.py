@@ -22,6 +22,25 @@ QWEN2_CONFIG = {  # a tiny Qwen2.5 as transformers writes it (every key of Qwen2
     "bos_token_id": 90, "eos_token_id": 91, "torch_dtype": "bfloat16", "transformers_version": "4.49.0"}
 
 
+QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+                 "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
+                 "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+def qwen_tokenizer(directory):
+    """A small Qwen2-style tokenizer.json: byte-level BPE trained on a few lines, then Qwen's 14 added tokens."""
+    from tokenizers import Tokenizer, decoders, models as tk_models, pre_tokenizers, trainers
+
+    tk = Tokenizer(tk_models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tk.train_from_iterator(["What colour is the shape at the top left?", "The answer is red.",
+                            "Read the digits: 4 7 1 9", "You are a helpful assistant."] * 20, trainer)
+    tk.add_special_tokens(list(QWEN_SPECIALS))
+    tk.save(os.path.join(directory, "tokenizer.json"))
+    return {t: tk.token_to_id(t) for t in QWEN_SPECIALS}, tk.get_vocab_size(with_added_tokens=True)
+
+
 def qwen2_tensors(c, seed=0):
     """Random weights in Qwen2's stock names (norm gammas around 1, random biases)."""
     rng = np.random.default_rng(seed)
@@ -127,3 +146,28 @@ def test_qwen2_presets_match_the_published_parameter_counts():
     tiny = models.get_config("qwen2", "tiny")
     assert sum(p.asnumpy().size for p in models.build_model(tiny).get_parameters()) == models.count_parameters(tiny)[0]
     assert sum(int(np.prod(p.shape)) for p in models.get_spec("qwen2").parameters(full)) == models.count_parameters(full)[0]
+
+
+def test_an_imported_qwen2_trains_with_its_own_tokenizer_json(tmp_path):
+    """A Qwen2 checkpoint with only a tokenizer.json (as Qwen2.5 ships): the imported run's data.tokenizer_model is
+    that file, read by the `tokenizers` library (JsonTokenizer), and a re-export writes it back unchanged."""
+    from recipes.data import load_tokenizer
+    from recipes.data.tokenizer import JsonTokenizer
+    from recipes.io import rundir
+
+    src = str(tmp_path / "qwen2")
+    os.makedirs(src)
+    ids, tok_vocab = qwen_tokenizer(src)
+    config = {**QWEN2_CONFIG, "vocab_size": tok_vocab + 6, "bos_token_id": None, "eos_token_id": ids["<|endoftext|>"]}
+    write_checkpoint(src, config, qwen2_tensors(config))
+    run = str(tmp_path / "run")
+    hf.import_to_run(src, run, log=lambda *_: None)
+    recipe, _ = rundir.load_run_config(run)
+    assert recipe.data.tokenizer_model == os.path.join(os.path.abspath(run), "tokenizer.json")
+    tk = load_tokenizer(recipe.data)
+    assert isinstance(tk, JsonTokenizer) and (tk.eod_id, tk.pad_id, tk.vocab_size) == (ids["<|endoftext|>"],) * 2 + (tok_vocab,)
+    assert tk.decode(tk.encode("The answer is red.")) == "The answer is red."
+    out = str(tmp_path / "export")
+    hf.export_run(run, out, log=lambda *_: None)
+    with open(os.path.join(src, "tokenizer.json"), "rb") as a, open(os.path.join(out, "tokenizer.json"), "rb") as b:
+        assert a.read() == b.read()
