@@ -13,7 +13,7 @@ import models
 from recipes.io import checkpoint as ck
 from recipes.io import hf, safetensors_io
 from np_reference import qwen2_head, qwen2_hidden, qwen2_vl_positions
-from test_interop import exported_tensors
+from test_interop import assert_reimport_identical, exported_tensors
 from test_qwen2_interop import QWEN_SPECIALS, qwen2_tensors, qwen_tokenizer
 
 VISION = {"depth": 2, "hidden_act": "silu", "hidden_size": 32, "intermediate_size": 48, "num_heads": 2, "in_chans": 3,
@@ -136,12 +136,7 @@ def test_stock_qwen2_5_vl_imports_matches_numpy_and_exports_byte_identical(tmp_p
                  "preprocessor_config.json"):
         with open(os.path.join(src, name), "rb") as a, open(os.path.join(out, name), "rb") as b:
             assert a.read() == b.read(), name
-    again = str(tmp_path / "run2")
-    hf.import_to_run(out, again, log=lambda *_: None)       # import -> export -> import: identical bytes
-    first = ck.latest_valid(os.path.join(run, "checkpoints")).path
-    second = ck.latest_valid(os.path.join(again, "checkpoints")).path
-    with open(os.path.join(first, ck.MODEL_FILE), "rb") as a, open(os.path.join(second, ck.MODEL_FILE), "rb") as b:
-        assert a.read() == b.read()
+    assert_reimport_identical(run, out, str(tmp_path / "run2"))   # import -> export -> import: identical bytes
 
 
 def test_bf16_checkpoint_exports_back_bit_identical_in_bf16(tmp_path):

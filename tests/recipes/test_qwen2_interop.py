@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 
 import models
-from recipes.io import checkpoint as ck
 from recipes.io import hf
 from np_reference import qwen2_logits
-from test_interop import exported_tensors, logits_of, write_checkpoint
+from test_interop import assert_reimport_identical, exported_tensors, logits_of, write_checkpoint
 
 QWEN2_CONFIG = {  # a tiny Qwen2.5 as transformers writes it (every key of Qwen2Config)
     "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 96, "hidden_size": 32,
@@ -94,12 +93,7 @@ def test_qwen2_checkpoint_imports_matches_numpy_and_exports_back(tmp_path, tied)
     assert sorted(back) == sorted(tensors)
     for name in tensors:
         np.testing.assert_array_equal(back[name], tensors[name], err_msg=name)
-    again = str(tmp_path / "run2")
-    hf.import_to_run(out, again, log=lambda *_: None)       # import -> export -> import: identical bytes
-    first = ck.latest_valid(os.path.join(run, "checkpoints")).path
-    second = ck.latest_valid(os.path.join(again, "checkpoints")).path
-    with open(os.path.join(first, ck.MODEL_FILE), "rb") as a, open(os.path.join(second, ck.MODEL_FILE), "rb") as b:
-        assert a.read() == b.read()
+    assert_reimport_identical(run, out, str(tmp_path / "run2"))   # import -> export -> import: identical bytes
 
 
 def test_a_model_of_ours_exports_as_qwen2_and_reads_back(tmp_path):
