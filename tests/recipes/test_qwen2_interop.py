@@ -165,3 +165,6 @@ def test_an_imported_qwen2_trains_with_its_own_tokenizer_json(tmp_path):
     hf.export_run(run, out, log=lambda *_: None)
     with open(os.path.join(src, "tokenizer.json"), "rb") as a, open(os.path.join(out, "tokenizer.json"), "rb") as b:
         assert a.read() == b.read()
+    from recipes.io.load import load_model
+    served = load_model(out)                       # a serving directory with only tokenizer.json: the same tokenizer
+    assert isinstance(served.tokenizer, JsonTokenizer) and served.tokenizer.sha256 == tk.sha256
