@@ -48,6 +48,8 @@ def main(argv=None) -> int:
     p.add_argument("--sim-level", type=int, help="MS_SIMULATION_LEVEL dry run (Ascend)")
     p.add_argument("--dry-run", action="store_true", help="print the command(s) only")
     p.add_argument("--set", action="append", default=[], help="extra recipe overrides passed to the workers")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run from its newest checkpoint (saved under any layout: full tensors)")
     serve_plan.add_parser(sub)
     serve_sim.add_parser(sub)
     scale_plan.add_parser(sub)
@@ -96,7 +98,7 @@ def main(argv=None) -> int:
             st = load_strategy(args.strategy)
             cmds = msrun_commands(st, args.recipe, master_addr=args.master_addr, master_port=args.master_port,
                                   log_dir=args.log_dir, node_rank=args.node_rank, hostfile=args.hostfile,
-                                  sim_level=args.sim_level, extra_sets=tuple(args.set))
+                                  sim_level=args.sim_level, extra_sets=tuple(args.set), resume=args.resume)
             if args.dry_run:
                 for c in cmds:
                     print(c.shell)

@@ -1,11 +1,12 @@
-"""Strategy -> per-parameter layouts and MindSpore auto-parallel settings.
+"""Strategy -> per-parameter layouts: the one plan the simulator, `layouts` and the trainer read.
 
 Every parameter carries its logical axes, declared where the model creates it
 (pangu.common.layers.param; read with the spec's `parameters`, parallel_strategies.shape). A
 strategy maps logical axes to mesh axes with ONE rules table (`axis_rules`, MaxText's logical axis
 rules). The mesh inside one pipeline stage is `(dp, ep, cp, tp)` with tp innermost (contiguous ranks,
 i.e. inside a node) and ep carved out of data parallel (MindFormers' convention). The model code never
-sees any of this.
+sees any of this: parallel_strategies.parallelize cuts the parameters by these rules and wires the
+collectives, on CPU and on Ascend alike (there is no semi-auto `shard()` path).
 """
 from __future__ import annotations
 
@@ -112,91 +113,3 @@ def parameter_layouts(st: Strategy, cfg: Any, params: Optional[Iterable] = None)
         out.append(ParamLayout(name, shp, logical, mesh, shards, param_stage(name, s, st),
                                stage_devices // math.prod(shards)))
     return out
-
-
-# --------------------------------------------------------------------------- MindSpore side
-
-def auto_parallel_context(st: Strategy) -> dict:
-    """Keyword arguments for `mindspore.set_auto_parallel_context` (semi-auto parallel)."""
-    pc = st.parallel_config
-    kw = dict(parallel_mode="semi_auto_parallel", device_num=st.world_size,
-              pipeline_stages=pc.pipeline_stage, enable_parallel_optimizer=pc.optimizer_level is not None,
-              gradients_mean=True, dataset_strategy="data_parallel", enable_alltoall=pc.expert_parallel > 1)
-    if pc.optimizer_level is not None:
-        kw["parallel_optimizer_config"] = {"optimizer_level": pc.optimizer_level}
-    if pc.pipeline_stage > 1:
-        kw["pipeline_config"] = {"pipeline_interleave": pc.pp_interleave_num > 1,
-                                 "pipeline_scheduler": "1f1b"}
-    return kw
-
-
-def mindspore_layouts(st: Strategy, layouts: list[ParamLayout]) -> dict:
-    """name -> `mindspore.parallel.Layout` (device matrix = one stage's (dp, ep, cp, tp) mesh)."""
-    from mindspore.parallel import Layout
-    sizes = mesh_sizes(st)
-    base = Layout(tuple(sizes[a] for a in MESH_AXES), MESH_AXES)
-    return {pl.name: base(*pl.tensor_map()) for pl in layouts}
-
-
-def op_layouts(st: Strategy) -> dict[str, tuple]:
-    """Per-op input layouts (mesh axes per dim) for the ops whose sharding is not implied by weights."""
-    pc = st.parallel_config
-    batch = ("dp", "ep")
-    seq_sp = ("cp", "tp") if pc.use_seq_parallel else "cp"
-    return {
-        "embedding.input_ids[B,S]": (batch, "cp"),
-        "hidden[B,S,H] (between sub-layers)": (batch, seq_sp, None),
-        "attention.q[B,N,S,D]": (batch, "tp", "cp", None),
-        "attention.kv[B,Nkv,S,D]": (batch, "tp", "cp", None),
-        "moe.dispatch_all_to_all[E,C,H]": ("ep", None, None),
-        "lm_head.logits[B,S,V]": (batch, "cp", None if pc.vocab_emb_dp else "tp"),
-    }
-
-
-def assign_pipeline_stages(net, st: Strategy, shape: ModelShape) -> int:
-    """Set `pipeline_stage` (and `pipeline_segment` for VPP) on every decoder-layer cell by name."""
-    pc = st.parallel_config
-    chunk = layer_slots(shape, st) // (pc.pipeline_stage * pc.pp_interleave_num)
-    n = 0
-    for name, cell in net.cells_and_names():
-        m = re.match(r"^(?:.*\.)?layers\.(\d+)$", name)
-        if not m:
-            continue
-        i = int(m.group(1))
-        stage = layer_stage(i, shape, st) if i < shape.num_layers else pc.pipeline_stage - 1
-        cell.pipeline_stage = stage
-        if pc.pp_interleave_num > 1:
-            cell.pipeline_segment = (i // chunk) // pc.pipeline_stage if i < shape.num_layers \
-                else pc.pp_interleave_num - 1
-        n += 1
-    return n
-
-
-@dataclass(frozen=True)
-class _Param:
-    name: str
-    shape: tuple
-    axes: tuple
-
-
-def apply_to_network(net, st: Strategy, cfg: Any):
-    """Ascend path: wrap `net` in `AutoParallel` with this strategy's pipeline / optimizer settings,
-    stage assignment and per-parameter layouts. Needs an initialised communication group."""
-    from mindspore.parallel.auto_parallel import AutoParallel
-    shape = model_shape(cfg)
-    pc = st.parallel_config
-    params = [_Param(p.name, tuple(p.shape), p.logical_axes) for p in net.trainable_params()]
-    layouts = parameter_layouts(st, cfg, params)
-    assign_pipeline_stages(net, st, shape)
-    plan = mindspore_layouts(st, layouts)
-    sizes = mesh_sizes(st)
-    from mindspore.parallel import Layout
-    batch = Layout(tuple(sizes[a] for a in MESH_AXES), MESH_AXES)(("dp", "ep"), "cp")
-    net.shard(in_strategy=(batch, batch, batch), parameter_plan=plan)  # input_ids, position_ids, segment_ids
-    ap = AutoParallel(net, parallel_mode="semi_auto")
-    if pc.pipeline_stage > 1:
-        ap.pipeline(stages=pc.pipeline_stage, interleave=pc.pp_interleave_num > 1)
-    if pc.optimizer_level is not None:
-        ap.hsdp(optimizer_level=pc.optimizer_level)
-    ap.dataset_strategy("data_parallel")
-    return ap

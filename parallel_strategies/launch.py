@@ -31,18 +31,24 @@ def read_hostfile(path: str) -> list[str]:
     return hosts
 
 
-def worker_argv(recipe: str, strategy_path: str, extra_sets: tuple = ()) -> list:
-    """What each worker runs. msrun starts `python <args>` with the PATH it inherits (the venv's)."""
+def worker_argv(recipe: str, strategy_path: str, extra_sets: tuple = (), resume: bool = False,
+                micro_batch_size: Optional[int] = None) -> list:
+    """What each worker runs. msrun starts `python <args>` with the PATH it inherits (the venv's). The
+    strategy's micro_batch_size (rows per data-parallel rank) becomes the recipe's; an explicit
+    `--set train.micro_batch_size=` in extra_sets comes later and wins (the trainer then refuses a mismatch)."""
     argv = ["python", "-m", "recipes.run", recipe, "--set", f"parallel.strategy={strategy_path}"]
+    if micro_batch_size is not None:
+        argv += ["--set", f"train.micro_batch_size={micro_batch_size}"]
     for s in extra_sets:
         argv += ["--set", s]
-    return argv
+    return argv + (["--resume"] if resume else [])
 
 
 def msrun_commands(st: Strategy, recipe: str, *, master_addr: Optional[str] = None, master_port: int = 8118,
                    log_dir: Optional[str] = None, node_rank: Optional[int] = None,
                    hostfile: Optional[str] = None, venv: Optional[str] = None, join: bool = True,
-                   sim_level: Optional[int] = None, extra_sets: tuple = (), repo: str = REPO) -> list[NodeCommand]:
+                   sim_level: Optional[int] = None, extra_sets: tuple = (), resume: bool = False,
+                   repo: str = REPO) -> list[NodeCommand]:
     """msrun command per node. `node_rank` picks one node (run it on that node); `hostfile` names them."""
     nodes, dpn = st.cluster.nodes, st.cluster.devices_per_node
     hosts = read_hostfile(hostfile) if hostfile else None
@@ -63,7 +69,7 @@ def msrun_commands(st: Strategy, recipe: str, *, master_addr: Optional[str] = No
                 f"--log_dir={log_dir}", f"--join={join}"]
         if sim_level is not None:
             argv.append(f"--sim_level={sim_level}")
-        argv += worker_argv(recipe, strategy_path, extra_sets)
+        argv += worker_argv(recipe, strategy_path, extra_sets, resume, st.parallel_config.micro_batch_size)
         line = f"cd {shlex.quote(repo)} && . {shlex.quote(os.path.join(venv, 'bin', 'activate'))} && " \
                + " ".join(shlex.quote(a) for a in argv)
         host = hosts[r] if hosts else None

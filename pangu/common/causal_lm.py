@@ -5,6 +5,7 @@ Legend: B rows, S / T positions, H hidden, V vocabulary.
 A concrete model sets `self.model` (embedding + decoder layers + final norm, with `construct`,
 `prefill`, `decode`, `forward_embeddings`) and calls `init_head`; this base then provides
     logits(h_BSH)          fp32 logits of normed hidden states (own lm_head, or tied to the embedding)
+    cross_entropy(logits, labels, mask)  the masked mean token NLL of those logits (a Cell)
     construct(ids, pos, seg)            -> logits [B, S, V]
     prefill(ids, pos, seg)              -> (logits [B, T, V], cache)       (pangu.generate's KV-cache path)
     decode_step(ids_B1, pos_B1, idx_B, cache) -> (logits [B, 1, V], cache)
@@ -16,6 +17,7 @@ from mindspore import nn, ops
 
 from pangu.common.kv_cache import mark_valid
 from pangu.common.layers import Linear
+from pangu.common.losses import MaskedCrossEntropy
 
 
 class CausalLM(nn.Cell):
@@ -27,6 +29,9 @@ class CausalLM(nn.Cell):
         if not self.tie:
             self.lm_head = Linear(hidden_size, vocab_size, False, compute_dtype, axes=("vocab", "embed"))
         self.matmul_t = ops.MatMul(transpose_b=True)
+        # the token loss of `logits` (a vocabulary-parallel one when parallel_strategies.parallelize
+        # shards the lm_head over the vocabulary)
+        self.cross_entropy = MaskedCrossEntropy()
 
     def logits(self, h_BSH):
         """fp32 logits [B, S, V] of normed hidden states h [B, S, H]."""

@@ -64,11 +64,20 @@ class Linear(nn.Cell):
         self.has_bias = bias
         self.compute_dtype = compute_dtype
         self.matmul = ops.MatMul(transpose_b=True)
+        # Tensor parallelism, set from outside (parallel_strategies.parallelize): `comm_in` on the input
+        # of a column-parallel shard (identity forward, gradient summed over the group), `comm_out` on
+        # the partial output of a row-parallel shard (summed over the group, before the bias).
+        self.comm_in = None
+        self.comm_out = None
 
     def construct(self, x):
+        if self.comm_in is not None:
+            x = self.comm_in(x)
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).astype(self.compute_dtype)
         y = self.matmul(x2, self.weight.astype(self.compute_dtype))
+        if self.comm_out is not None:
+            y = self.comm_out(y)
         if self.has_bias:
             y = y + self.bias.astype(y.dtype)
         return y.reshape(shape[:-1] + (y.shape[-1],))

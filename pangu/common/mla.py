@@ -62,6 +62,10 @@ class MultiHeadLatentAttention(nn.Cell):
         self.kv_b_proj = Linear(kv_lora_dim, num_heads * (qk_nope_dim + v_dim), False, compute_dtype,
                                 axes=("heads", "kv_lora"))
         self.o_proj = Linear(num_heads * v_dim, hidden_size, False, compute_dtype, axes=("embed", "heads"))
+        # Tensor parallelism, set from outside (parallel_strategies.parallelize): the shared k_rope feeds
+        # every head, so with the heads split over ranks its gradient is a partial sum on each rank;
+        # `k_rope_comm` (identity forward, gradient summed over the group) makes it whole.
+        self.k_rope_comm = None
 
     def _q(self, x_BSH, cos_B1SD, sin_B1SD):
         """(q_nope [B,N,S,Dn], roped q_rope [B,N,S,Dr])."""
@@ -79,6 +83,8 @@ class MultiHeadLatentAttention(nn.Cell):
         kv_a_BSC = self.kv_a_proj_with_mqa(x_BSH)
         c_kv_BSR = kv_a_BSC[:, :, :self.kv_lora_dim]
         k_rope_B1Sr = kv_a_BSC[:, :, self.kv_lora_dim:].reshape(b, 1, s, self.qk_rope_dim)
+        if self.k_rope_comm is not None:
+            k_rope_B1Sr = self.k_rope_comm(k_rope_B1Sr)
         k_rope_B1Sr = apply_rope(k_rope_B1Sr, cos_B1SD, sin_B1SD, ROPE_LAYOUT, self.rope_impl)
         return self.kv_a_layernorm(c_kv_BSR), k_rope_B1Sr
 

@@ -109,13 +109,25 @@ class GroupedExperts(nn.Cell):
         self.gmm_impl = gmm_impl() if expert_impl == "grouped" else None
         self.bmm = ops.BatchMatMul(transpose_b=True)
         self.mm = ops.MatMul(transpose_b=True)
+        # Expert / tensor parallelism, set from outside (parallel_strategies.parallelize): `dispatch` maps
+        # (x, weights, experts) to what this rank's experts compute on (e.g. every rank's tokens, with the
+        # ids of this rank's experts made local), `combine` maps the partial output back to this rank's
+        # tokens. None: every expert is here.
+        self.dispatch = None
+        self.combine = None
 
     def construct(self, x_TH, weights_TK, experts_TK):
+        if self.dispatch is not None:
+            x_TH, weights_TK, experts_TK = self.dispatch(x_TH, weights_TK, experts_TK)
         if self.expert_impl == "grouped":
-            return self.run_grouped(x_TH, weights_TK, experts_TK)
-        if self.expert_impl == "batched":
-            return self.run_batched(x_TH, weights_TK, experts_TK)
-        return self.run_loop(x_TH, weights_TK, experts_TK)
+            y_TH = self.run_grouped(x_TH, weights_TK, experts_TK)
+        elif self.expert_impl == "batched":
+            y_TH = self.run_batched(x_TH, weights_TK, experts_TK)
+        else:
+            y_TH = self.run_loop(x_TH, weights_TK, experts_TK)
+        if self.combine is not None:
+            y_TH = self.combine(y_TH)
+        return y_TH
 
     def run_loop(self, x_TH, weights_TK, experts_TK):
         """Reference: y = sum_e w_e(t) * Expert_e(x_t), Expert_e evaluated on every token."""
@@ -162,12 +174,53 @@ class GroupedExperts(nn.Cell):
         return moe_ops.sort_unpermute(out_AH, order_A, weights_TK, self.unsort_impl)  # combine
 
 
+# ----------------------------------------------------------------------------- routing statistics
+class MoEStats(nn.Cell):
+    """The balance loss and the imbalance score of one MoE layer's routing.
+
+    construct(probs_TE, experts_TK) -> (balance [] = alpha-free sum_i f_i p_i, imbalance [] no gradient)
+        f_i = E / (K T) * count_i (no gradient), p_i = sum_t probs[t, i] / T,
+        imbalance = (max_d load_d - min_d load_d) / T, load_d = assignments of the E/D experts of device d
+    With `reduce` set (from outside, parallel_strategies.parallelize: an AllReduce-sum over the ranks
+    whose tokens the statistics cover), counts, prob sums and T are totals over that group: the loss of
+    the group's concatenated batch. AllReduce's bprop sums the gradient over the group, so with the
+    trainer's data-parallel gradient sum each rank's p-gradient is exactly that of the group loss.
+    None: this micro-batch's own statistics.
+    """
+
+    def __init__(self, num_experts, top_k, num_devices):
+        super().__init__()
+        if num_experts % num_devices:
+            raise ValueError(f"imbalance devices: {num_devices} do not divide {num_experts} experts; "
+                             "use a divisor of num_experts")
+        self.num_experts, self.top_k, self.num_devices = num_experts, top_k, num_devices
+        self.counts_impl = moe_ops.resolve_impl("expert_counts")  # resolved once, at build time
+        self.reduce = None
+
+    def construct(self, probs_TE, experts_TK):
+        e = self.num_experts
+        counts_E = ops.stop_gradient(moe_ops.expert_counts(experts_TK, e, self.counts_impl))
+        psum_E = probs_TE.astype(ms.float32).sum(0)
+        tokens_1 = ops.full((1,), probs_TE.shape[0], dtype=ms.float32)
+        if self.reduce is not None:
+            stats = self.reduce(ops.concat((counts_E, psum_E, tokens_1)))
+            counts_E = ops.stop_gradient(stats[:e])
+            psum_E = stats[e:2 * e]
+            tokens_1 = ops.stop_gradient(stats[2 * e:])
+        total = tokens_1[0]
+        balance = (counts_E * (e / self.top_k) / total * (psum_E / total)).sum()
+        load_D = counts_E.reshape(self.num_devices, e // self.num_devices).sum(1)
+        imbalance = (load_D.max() - load_D.min()) / total
+        return balance, ops.stop_gradient(imbalance)
+
+
 # ----------------------------------------------------------------------------- MoE layer
 class MoE(nn.Cell):
     """route -> dispatch -> experts -> combine, plus an optional ungated shared SwiGLU expert.
 
     construct(h [..., H]) -> (y [..., H], balance [] (alpha-free sum f_i p_i), imbalance [])
-    `imbalance_devices` = M devices for the imbalance score (experts placed contiguously).
+    `imbalance_devices` = M devices for the imbalance score (experts placed contiguously); both
+    statistics come from `self.stats` (MoEStats).
     """
 
     def __init__(self, hidden_size, moe_intermediate_size, num_experts, top_k, router,
@@ -182,7 +235,7 @@ class MoE(nn.Cell):
                                         swiglu_impl_name) if self.has_shared else None)
         self.num_experts = num_experts
         self.top_k = top_k
-        self.imbalance_devices = imbalance_devices or top_k
+        self.stats = MoEStats(num_experts, top_k, imbalance_devices or top_k)
 
     def construct(self, h):
         shape = h.shape
@@ -191,6 +244,5 @@ class MoE(nn.Cell):
         y_TH = self.experts(h_TH, weights_TK, experts_TK)    # dispatch, experts, combine
         if self.has_shared:
             y_TH = y_TH + self.shared_expert(h_TH).astype(y_TH.dtype)            # ungated
-        balance = moe_ops.balance_loss(probs_TE, experts_TK, self.num_experts, self.top_k)
-        imbalance = moe_ops.imbalance_score(experts_TK, self.num_experts, self.imbalance_devices)
+        balance, imbalance = self.stats(probs_TE, experts_TK)
         return y_TH.reshape(shape[:-1] + (y_TH.shape[-1],)), balance, imbalance

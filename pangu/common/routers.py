@@ -9,18 +9,16 @@ Router (plugs into pangu.common.moe.MoE as `mlp.gate`; the router contract is in
     w = s[chosen] / sum_k s[chosen] (norm_topk_prob) * routed_scaling_factor
     probs_TE (for the balance loss) = s / sum_e s       (sigmoid affinities normalised per token)
 The scoring itself is ops.moe.topk_route (owned by the MoE-ops author); this file adds the
-Ultra-specific pieces: per-expert load counting for the aux-loss-free bias update and the
-balance loss whose statistics are aggregated over a configurable scope.
+Ultra-specific pieces: per-expert load counting for the aux-loss-free bias update, and the names of
+the balance-loss scopes.
 
-Balance-loss scopes (Pangu Ultra MoE trains with "ep_group"):
-    "micro_batch": f_i, p_i from this rank's micro-batch only.
-    "ep_group"   : counts_i, sum_t probs[t, i] and T are SUM-AllReduced over the ranks of one
-                   expert-parallel group, then f_i = E/(K*T) * counts_i, p_i = probs_sum_i / T.
-                   Equals the loss of the group's concatenated batch.
-    "global"     : the same over all ranks.
-With no communication initialised (single process) every scope is the micro-batch loss.
-Gradients: AllReduce's bprop sums the incoming gradient over the group, so after the usual
-data-parallel gradient averaging each rank's p-gradient is exactly that of the group loss.
+Balance-loss scopes (`aux_loss_scope`; Pangu Ultra MoE trains with "ep_group"): the ranks over which
+pangu.common.moe.MoEStats sums counts_i, sum_t probs[t, i] and T before f_i = E/(K*T) * counts_i,
+p_i = probs_sum_i / T (the loss of the group's concatenated batch). The model itself computes on its
+own micro-batch; parallel_strategies.parallelize sets the group of a parallel run from the mesh:
+    "micro_batch": this rank's micro-batch only.
+    "ep_group"   : the ranks of this rank's expert-parallel group (one rank when ep = 1).
+    "global"     : every data-parallel rank (the whole global micro-batch: a single process's loss).
 
 Aux-loss-free balancing (DeepSeek-V3): after each optimiser step,
     b_i += gamma * sign(mean_j load_j - load_i)
@@ -38,8 +36,6 @@ from mindspore import ops, Tensor
 import ops.moe as moe_ops
 from pangu.common.layers import zeros_param
 from pangu.common.moe import TopKRouter
-
-BALANCE_SCOPES = ("micro_batch", "ep_group", "global")
 
 
 class SigmoidTopKRouter(TopKRouter):
@@ -90,74 +86,6 @@ class SigmoidTopKRouter(TopKRouter):
 
 
 # ----------------------------------------------------------------------------- balance loss
-def comm_initialized() -> bool:
-    """True when mindspore.communication.init() has run in this process (e.g. under msrun)."""
-    from mindspore.communication import GlobalComm
-    return bool(GlobalComm.INITED)
-
-
-_GROUPS = {}
-
-
-def balance_reduce_group(scope: str, ep_size: int = 0):
-    """Communication group name over which the balance statistics are summed, or None (local).
-
-    ep_size: ranks per expert-parallel group (consecutive ranks); 0 or the world size = all ranks.
-    Called once at model build time (outside any graph).
-    """
-    if scope not in BALANCE_SCOPES:
-        raise ValueError(f"aux_loss_scope: unknown value {scope!r}; use one of {BALANCE_SCOPES}")
-    if scope == "micro_batch" or not comm_initialized():
-        return None
-    from mindspore.communication import GlobalComm, create_group, get_group_size, get_rank
-    world = get_group_size()
-    if world == 1:
-        return None
-    if scope == "global" or ep_size in (0, world):
-        return GlobalComm.WORLD_COMM_GROUP
-    if world % ep_size:
-        raise ValueError(f"aux_loss_ep_size: {ep_size} does not divide the world size {world}; "
-                         "use a divisor of the number of ranks (0 = all ranks)")
-    first = get_rank() // ep_size * ep_size
-    name = f"pangu_ep_balance_{first}_{ep_size}"
-    if name not in _GROUPS:
-        create_group(name, list(range(first, first + ep_size)))
-        _GROUPS[name] = True
-    return name
-
-
-class ScopedBalanceLoss(ms.nn.Cell):
-    """alpha-free sum_i f_i p_i with statistics summed over `group` (None = this micro-batch).
-
-    f_i = E/(K*T) * counts_i (no gradient), p_i = (sum_t probs[t, i]) / T; T, counts and the
-    prob sums are totals over the group. For group=None this equals ops.moe.balance_loss.
-    """
-
-    def __init__(self, num_experts, top_k, group=None):
-        super().__init__()
-        self.num_experts = num_experts
-        self.top_k = top_k
-        self.has_group = group is not None
-        self.all_reduce = ops.AllReduce(ops.ReduceOp.SUM, group) if self.has_group else None
-        self.counts_impl = moe_ops.resolve_impl("expert_counts")  # resolved once, at build time
-
-    def construct(self, probs_TE, experts_TK):
-        e = self.num_experts
-        t = probs_TE.shape[0]
-        counts_E = ops.stop_gradient(moe_ops.expert_counts(experts_TK, e, self.counts_impl))
-        psum_E = probs_TE.astype(ms.float32).sum(0)
-        tokens_1 = ops.full((1,), t, dtype=ms.float32)
-        if self.has_group:
-            stats = self.all_reduce(ops.concat((counts_E, psum_E, tokens_1)))
-            counts_E = ops.stop_gradient(stats[:e])
-            psum_E = stats[e:2 * e]
-            tokens_1 = ops.stop_gradient(stats[2 * e:])
-        total = tokens_1[0]
-        f_E = counts_E * (e / self.top_k) / total
-        p_E = psum_E / total
-        return (f_E * p_E).sum()
-
-
 def balance_loss_np(probs_TE, experts_TK, num_experts, top_k):
     """Numpy twin (used by tests and analysis): sum_i f_i p_i over the given tokens."""
     probs_TE = np.asarray(probs_TE, np.float64)

@@ -16,7 +16,6 @@ from pangu.common.attention import GQAttention
 from pangu.common.causal_lm import CausalLM
 from pangu.common.init import init_normal
 from pangu.common.layers import Embedding, RMSNorm, dtype_of
-from pangu.common.losses import masked_cross_entropy
 from pangu.common.moe import MoE, MoGERouter
 from pangu.pro_moe.config import PanguProMoEConfig
 
@@ -128,7 +127,7 @@ class PanguProMoEForCausalLM(CausalLM):
 
     def loss(self, input_ids, labels, loss_mask, position_ids, segment_ids):
         h, balance, imbalance = self.model(input_ids, position_ids, segment_ids)
-        lm_loss = masked_cross_entropy(self.logits(h), labels, loss_mask)
+        lm_loss = self.cross_entropy(self.logits(h), labels, loss_mask)
         aux_loss = self.aux_coef * balance
         total = lm_loss + aux_loss
         return total, (lm_loss, aux_loss, ops.stop_gradient(imbalance))

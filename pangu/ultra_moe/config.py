@@ -54,7 +54,6 @@ class PanguUltraMoEConfig:
     router_bias_update_rate: float = 0.0  # aux-loss-free bias step gamma (0: bias stays fixed)
     router_aux_loss_coef: float = 0.01  # alpha of the balance loss alpha * sum_i f_i p_i
     aux_loss_scope: Literal["micro_batch", "ep_group", "global"] = "ep_group"  # where f_i, p_i are aggregated
-    aux_loss_ep_size: int = 0  # ranks per expert-parallel group for "ep_group" (0: all ranks)
     mtp_loss_weight: float = 0.3  # lambda: total += lambda * mean over depths of the MTP losses
     rms_norm_eps: float = 1e-5  # epsilon of every RMSNorm
     rope_theta: float = 2.56e7  # RoPE base, applied to the rope dims only (interleaved pairs)
@@ -91,7 +90,7 @@ class PanguUltraMoEConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}; set a positive integer")
-        for name in ("num_shared_experts", "num_dense_layers", "num_mtp_layers", "aux_loss_ep_size"):
+        for name in ("num_shared_experts", "num_dense_layers", "num_mtp_layers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}; use 0 to disable")
         if self.attention_qk_rope_dim % 2:

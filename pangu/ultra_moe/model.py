@@ -23,30 +23,29 @@ main MoE layers of (max - min device load) / T with the experts spread over K de
 import mindspore as ms
 from mindspore import nn, ops
 
-import ops.moe as moe_ops
 from ops import impl_scope
 from ops.attention import resolve_impl as attention_impl
 from ops.rope import resolve_impl as rope_impl
 from pangu.common.causal_lm import CausalLM
 from pangu.common.init import init_normal
 from pangu.common.layers import Embedding, RMSNorm, dtype_of
-from pangu.common.losses import masked_cross_entropy
 from pangu.common.mla import MultiHeadLatentAttention, mla_rotary_tables
 from pangu.common.mlp import SwiGLUMLP
 from pangu.common.moe import MoE
 from pangu.common.mtp import MTPLayerMixin, mtp_targets, shift_left
-from pangu.common.routers import ScopedBalanceLoss, SigmoidTopKRouter, balance_reduce_group, reset_expert_load
+from pangu.common.routers import SigmoidTopKRouter, reset_expert_load
 from pangu.common.sandwich import init_dssn_post_norms, init_tiny
 from pangu.ultra_moe.config import PanguUltraMoEConfig
 
 
 class UltraMoE(MoE):
-    """pangu.common.moe.MoE with the serving name `shared_experts` and a scoped balance loss.
+    """pangu.common.moe.MoE with the serving name `shared_experts` (its balance statistics are aggregated
+    over `cfg.aux_loss_scope` when the model is parallelised, parallel_strategies.parallelize).
 
     construct(h [..., H]) -> (y [..., H], balance (alpha-free sum f_i p_i), imbalance)
     """
 
-    def __init__(self, cfg: PanguUltraMoEConfig, reduce_group=None):
+    def __init__(self, cfg: PanguUltraMoEConfig):
         cd = dtype_of(cfg.compute_dtype)
         router = SigmoidTopKRouter(cfg.hidden_size, cfg.num_routed_experts, cfg.num_experts_per_tok,
                                    cfg.router_enable_expert_bias, cfg.norm_topk_prob,
@@ -59,8 +58,6 @@ class UltraMoE(MoE):
         self.shared_experts = (SwiGLUMLP(cfg.hidden_size,
                                          cfg.num_shared_experts * cfg.moe_intermediate_size, cd)
                                if self.has_shared_experts else None)
-        self.balance = ScopedBalanceLoss(cfg.num_routed_experts, cfg.num_experts_per_tok,
-                                         reduce_group)
 
     def construct(self, h):
         shape = h.shape
@@ -69,15 +66,14 @@ class UltraMoE(MoE):
         y_TH = self.experts(h_TH, weights_TK, experts_TK)    # dispatch, experts (expert_impl), combine
         if self.has_shared_experts:
             y_TH = y_TH + self.shared_experts(h_TH).astype(y_TH.dtype)           # ungated
-        balance = self.balance(probs_TE, experts_TK)
-        imbalance = moe_ops.imbalance_score(experts_TK, self.num_experts, self.imbalance_devices)
-        return y_TH.reshape(shape[:-1] + (y_TH.shape[-1],)), balance, ops.stop_gradient(imbalance)
+        balance, imbalance = self.stats(probs_TE, experts_TK)
+        return y_TH.reshape(shape[:-1] + (y_TH.shape[-1],)), balance, imbalance
 
 
 class PanguUltraMoEDecoderLayer(nn.Cell):
     """MLA + (dense SwiGLU | UltraMoE), DSSN sandwich norm or plain pre-norm."""
 
-    def __init__(self, cfg: PanguUltraMoEConfig, moe: bool, reduce_group=None):
+    def __init__(self, cfg: PanguUltraMoEConfig, moe: bool):
         super().__init__()
         cd = dtype_of(cfg.compute_dtype)
         h, eps = cfg.hidden_size, cfg.rms_norm_eps
@@ -93,7 +89,7 @@ class PanguUltraMoEDecoderLayer(nn.Cell):
             self.pre_mlp_layernorm = RMSNorm(h, eps)
             self.post_mlp_layernorm = RMSNorm(h, eps)
         if moe:
-            self.mlp = UltraMoE(cfg, reduce_group)
+            self.mlp = UltraMoE(cfg)
         else:
             self.mlp = SwiGLUMLP(h, cfg.intermediate_size, cd)
 
@@ -135,24 +131,24 @@ class PanguUltraMoEDecoderLayer(nn.Cell):
 class PanguUltraMoEMTPLayer(MTPLayerMixin, PanguUltraMoEDecoderLayer):
     """One MTP module: a decoder layer plus enorm / hnorm / eh_proj / shared_head."""
 
-    def __init__(self, cfg: PanguUltraMoEConfig, moe: bool, reduce_group=None):
-        PanguUltraMoEDecoderLayer.__init__(self, cfg, moe, reduce_group)
+    def __init__(self, cfg: PanguUltraMoEConfig, moe: bool):
+        PanguUltraMoEDecoderLayer.__init__(self, cfg, moe)
         self.init_mtp(cfg.hidden_size, cfg.rms_norm_eps, dtype_of(cfg.compute_dtype))
 
 
 class PanguUltraMoEModel(nn.Cell):
     """`model.*` of the serving layout: embed_tokens, layers (L decoder + D MTP), norm."""
 
-    def __init__(self, cfg: PanguUltraMoEConfig, reduce_group=None):
+    def __init__(self, cfg: PanguUltraMoEConfig):
         super().__init__()
         L = cfg.num_hidden_layers
         self.num_layers = L
         self.num_mtp = cfg.num_mtp_layers
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size)
-        layers = [PanguUltraMoEDecoderLayer(cfg, i >= cfg.num_dense_layers, reduce_group)
+        layers = [PanguUltraMoEDecoderLayer(cfg, i >= cfg.num_dense_layers)
                   for i in range(L)]
         mtp_moe = cfg.num_dense_layers < L  # MTP layers are MoE layers like the last layer
-        layers += [PanguUltraMoEMTPLayer(cfg, mtp_moe, reduce_group) for _ in range(self.num_mtp)]
+        layers += [PanguUltraMoEMTPLayer(cfg, mtp_moe) for _ in range(self.num_mtp)]
         self.layers = nn.CellList(layers)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rope_dim = cfg.attention_qk_rope_dim
@@ -206,12 +202,12 @@ class PanguUltraMoEForCausalLM(CausalLM):
 
     METRIC_NAMES = ("lm_loss", "aux_loss", "mtp_loss", "imbalance")
 
-    def __init__(self, cfg: PanguUltraMoEConfig, reduce_group=None):
+    def __init__(self, cfg: PanguUltraMoEConfig):
         super().__init__()
         cfg.validate()
         self.config = cfg
         with impl_scope(cfg.ops_impl):      # every op's impl="auto" resolves to cfg.ops_impl
-            self.model = PanguUltraMoEModel(cfg, reduce_group)
+            self.model = PanguUltraMoEModel(cfg)
         self.init_head(cfg.hidden_size, cfg.vocab_size, cfg.tie_word_embeddings, dtype_of(cfg.compute_dtype))
         self.aux_coef = float(cfg.router_aux_loss_coef)
         self.mtp_weight = float(cfg.mtp_loss_weight)
@@ -228,7 +224,7 @@ class PanguUltraMoEForCausalLM(CausalLM):
 
     def loss(self, input_ids, labels, loss_mask, position_ids, segment_ids):
         h, balance, imbalance = self.model(input_ids, position_ids, segment_ids)
-        lm_loss = masked_cross_entropy(self.logits(h), labels, loss_mask)
+        lm_loss = self.cross_entropy(self.logits(h), labels, loss_mask)
         mtp_loss = ops.zeros((), ms.float32)
         if self.num_mtp > 0:
             cos, sin = mla_rotary_tables(position_ids, self.model.rope_dim, self.model.rope_theta)
@@ -241,7 +237,7 @@ class PanguUltraMoEForCausalLM(CausalLM):
                 balance = balance + b
                 labels_d, mask_d = mtp_targets(labels, loss_mask, segment_ids, d)
                 logits_d = self.logits(layer.shared_head(h_prev))
-                mtp_loss = mtp_loss + masked_cross_entropy(logits_d, labels_d, mask_d)
+                mtp_loss = mtp_loss + self.cross_entropy(logits_d, labels_d, mask_d)
             mtp_loss = mtp_loss / self.num_mtp
         aux_loss = self.aux_coef * balance / max(self.num_moe_total, 1)
         imbalance = imbalance / max(self.num_moe_main, 1)
@@ -288,9 +284,8 @@ def init_weights(model, cfg: PanguUltraMoEConfig, seed=None):
 
 
 def instantiate(cfg: PanguUltraMoEConfig):
-    """The model (values set by init_weights). The balance-loss communication group is resolved here
-    (once, outside any graph) from cfg.aux_loss_scope: identity unless mindspore.communication is up."""
-    return PanguUltraMoEForCausalLM(cfg, balance_reduce_group(cfg.aux_loss_scope, cfg.aux_loss_ep_size))
+    """The model (values set by init_weights)."""
+    return PanguUltraMoEForCausalLM(cfg)
 
 
 def build_model(cfg: PanguUltraMoEConfig, seed=None):

@@ -89,6 +89,7 @@ class Trainer:
         # trains on its slice; gradients are summed across ranks (AllReduce) before the update.
         self.rank, self.world = init_data_parallel()
         self.is_main = self.rank == 0
+        self.model_cfg_in = model_cfg
         self.strategy = self._check_strategy()
 
         # An arch may bring its own data (MindVL: multimodal rows) and validation metrics (its ModelSpec).
@@ -106,6 +107,12 @@ class Trainer:
         ms.set_seed(recipe.train.seed)
         np.random.seed(recipe.train.seed)
         self.model = self.spec.build(model_cfg, seed=recipe.train.seed)
+        # Several processes: every rank built the same full model; it now keeps its own shards
+        # (parallel_strategies.parallelize) and trains on its own rows of each global batch.
+        self.plan = None
+        self.data_rank, self.data_world = 0, 1
+        if self.world > 1:
+            self._parallelize(model_cfg)
         self.metric_names = tuple(type(self.model).METRIC_NAMES)
         # model.loss's arguments = these batch fields, in order (text models: the batch contract's five).
         # Every field has the row as its first dim (MindVL pads patches per row), so `batch[k][mine]`
@@ -116,6 +123,8 @@ class Trainer:
         if not self.params:
             raise ConfigError("train.freeze: every parameter is frozen; loosen the patterns")
         self.optimizer = AdamW(self.params, recipe.optimizer)
+        if self.plan is not None and self.is_main:
+            self.log(self._memory_line())
         self.step = 0
         self.data_position = 0
         self.guard = StepGuard(recipe.train.max_bad_steps, recipe.train.spike_threshold)
@@ -135,7 +144,8 @@ class Trainer:
     # Set-up
 
     def _check_strategy(self):
-        """Load `parallel.strategy` and check it against the processes msrun actually started."""
+        """Load `parallel.strategy` and check it against the processes msrun started and the recipe; what
+        the explicit plan cannot run is refused here, before any data or model is built."""
         path = self.recipe.parallel.strategy
         if not path:
             if self.world > 1:
@@ -144,6 +154,7 @@ class Trainer:
                     "--set parallel.strategy=tiny_cpu_dp2 (or launch with `make launch`)"
                 )
             return None
+        from parallel_strategies.parallelize import check_supported
         from parallel_strategies.strategy import load_strategy
 
         try:
@@ -156,14 +167,60 @@ class Trainer:
                 f"parallel.strategy: {path} is for {strategy.world_size} devices but {self.world} process(es) "
                 f"run; launch it with `make launch RECIPE=... STRATEGY={path}`"
             )
-        sharded = {k: getattr(pc, k) for k in ("model_parallel", "pipeline_stage", "expert_parallel", "context_parallel")
-                   if getattr(pc, k) > 1}
-        if sharded and self.device != "Ascend":
+        if pc.micro_batch_size != self.recipe.train.micro_batch_size:
             raise ConfigError(
-                f"parallel.strategy: {path} uses {', '.join(f'{k}={v}' for k, v in sharded.items())}, which needs "
-                "MindSpore's semi-auto parallel on Ascend; on CPU use a data-parallel strategy (e.g. tiny_cpu_dp2)"
+                f"parallel.strategy: {path} has micro_batch_size {pc.micro_batch_size} but the recipe's "
+                f"train.micro_batch_size is {self.recipe.train.micro_batch_size} (rows per data-parallel rank); "
+                "make them equal"
             )
+        if pc.pipeline_stage == 1 and pc.micro_batch_num != 1:
+            raise ConfigError(
+                f"parallel.strategy: micro_batch_num {pc.micro_batch_num} counts pipeline micro-batches; with "
+                "pipeline_stage 1 set it to 1 (gradient accumulation is train.grad_accum_steps)"
+            )
+        try:
+            check_supported(self.recipe.model.arch, self.model_cfg_in, strategy)
+        except ValueError as err:
+            raise ConfigError(f"parallel.strategy: {path}: {err}") from None
         return strategy
+
+    def _parallelize(self, model_cfg) -> None:
+        from parallel_strategies.mesh import build_mesh
+        from parallel_strategies.parallelize import FullTensors, parallelize
+
+        pc = self.strategy.parallel_config
+        mesh = build_mesh(pc.data_parallel // pc.expert_parallel, pc.expert_parallel, pc.model_parallel,
+                          self.rank, self.world)
+        if self.recipe.init_from:     # full tensors into the full model, before it is cut
+            self._load_init(self.recipe.init_from)
+        self.plan = parallelize(self.model, model_cfg, self.recipe.model.arch, self.strategy, mesh,
+                                log=self.log if self.is_main else (lambda *_: None))
+        self.full_tensors = FullTensors(self.plan)
+        self.data_rank, self.data_world = mesh.data_rank, mesh.data_world
+
+    def _memory_line(self) -> str:
+        """Bytes of parameters and optimiser state this rank holds, against one process holding everything."""
+        def size(params, full):
+            return sum(p.itemsize * math.prod(self.plan.full_shape(p.name, tuple(p.shape)) if full else p.shape)
+                       for p in params)
+        params, state = list(self.model.get_parameters()), self.optimizer.state_parameters()
+        mine, whole = size(params, False) + size(state, False), size(params, True) + size(state, True)
+        return (f"memory: rank {self.rank} holds {size(params, False) / 2**20:.3f} MiB of parameters + "
+                f"{size(state, False) / 2**20:.3f} MiB of optimiser state = {mine / whole:.1%} of one process's "
+                f"{whole / 2**20:.3f} MiB")
+
+    def _load_tensors(self, params: list, tensors: dict, what: str) -> None:
+        """Full tensors (a checkpoint of any layout) into this rank's parameters (its slices when sharded)."""
+        if self.plan is not None:
+            ckpt_lib.check_compatible({p.name: self.plan.full_shape(p.name, tuple(p.shape)) for p in params},
+                                      tensors, what)
+            tensors = {p.name: self.plan.local(p.name, np.asarray(tensors[p.name])) for p in params}
+        ckpt_lib.load_into({p.name: p for p in params}, tensors, what)
+
+    def _save_tensors(self, params: list) -> dict:
+        """{name: full numpy} of `params` (gathered over the tensor / expert groups when sharded)."""
+        local = {p.name: p.asnumpy() for p in params}
+        return self.full_tensors(local) if self.plan is not None else local
 
     def _warn_if_unexportable(self, model_cfg):
         """A config its serving layout cannot write (e.g. head_dim x heads != hidden for the Pro loaders) still
@@ -188,7 +245,9 @@ class Trainer:
     def _fingerprint(self) -> dict:
         """The parts of the resolved config that must match for a resume to be exact."""
         cfg = to_dict(self.recipe, self.model_cfg)
-        for volatile in ("train.steps", "checkpoint", "run", "description", "train.eval_every", "train.log_every",
+        # parallel: a checkpoint holds full tensors, so a run resumes under another layout (TP2 -> DP2, ...)
+        for volatile in ("train.steps", "checkpoint", "run", "description", "parallel", "train.eval_every",
+                         "train.log_every",
                          "train.max_bad_steps", "train.spike_threshold"):
             node, *rest = volatile.split(".")
             if rest:
@@ -229,7 +288,7 @@ class Trainer:
                 if os.path.exists(os.path.join(self.run_dir, name)):
                     os.remove(os.path.join(self.run_dir, name))  # left by a run that never reached a checkpoint
             dump_yaml(self.recipe, self.model_cfg, os.path.join(self.run_dir, "config.yaml"))
-        if self.recipe.init_from:
+        if self.recipe.init_from and self.plan is None:   # (a parallel run loaded it before cutting the model)
             self._load_init(self.recipe.init_from)
         if frozen:
             self.log(f"frozen: {len(frozen)} parameters (train.freeze)")
@@ -237,10 +296,10 @@ class Trainer:
     def _load_init(self, path: str) -> None:
         source = ckpt_lib.resolve_init_from(path)
         tensors = ckpt_lib.load_tensors(source, ckpt_lib.MODEL_FILE)
-        params = {p.name: p for p in self.model.get_parameters()}
+        params = list(self.model.get_parameters())
         if self.spec.init_from_state is not None:   # an arch that starts from another's checkpoint (MindVL: an LLM)
-            tensors = self.spec.init_from_state(self.model_cfg, tensors, params, self.log)
-        ckpt_lib.load_into(params, tensors, f"init_from {source}")
+            tensors = self.spec.init_from_state(self.model_cfg, tensors, {p.name: p for p in params}, self.log)
+        self._load_tensors(params, tensors, f"init_from {source}")
         self.log(f"initialised from {source}")
         # a model imported from a serving directory keeps that directory's files across stages, so the
         # export of this run writes the source's config keys, special-token ids and tokenizer files
@@ -263,14 +322,14 @@ class Trainer:
                 "settings (only train.steps, checkpoint.* and logging may change)"
             )
         tensors = ckpt_lib.load_tensors(found.path, ckpt_lib.MODEL_FILE)
-        ckpt_lib.load_into({p.name: p for p in self.model.get_parameters()}, tensors, found.path)
+        self._load_tensors(list(self.model.get_parameters()), tensors, found.path)
         if not os.path.isfile(os.path.join(found.path, ckpt_lib.OPTIMIZER_FILE)):
             raise ConfigError(
                 f"--resume: {found.path} has no optimizer state (checkpoint.save_optimizer was false); "
                 "use init_from to start a new run from its weights"
             )
         opt_tensors = ckpt_lib.load_tensors(found.path, ckpt_lib.OPTIMIZER_FILE)
-        ckpt_lib.load_into({p.name: p for p in self.optimizer.state_parameters()}, opt_tensors, found.path)
+        self._load_tensors(self.optimizer.state_parameters(), opt_tensors, found.path)
         self.step = int(state["step"])
         self.data_position = int(state["data_position"])
         self.guard.load_state_dict(state.get("guard", {}))
@@ -288,8 +347,13 @@ class Trainer:
 
         model, optimizer = self.model, self.optimizer
         clip = float(self.recipe.optimizer.grad_clip)
-        all_reduce = ops.AllReduce() if self.world > 1 else None  # sum over data-parallel ranks
-        self._sum_over_ranks = None
+        sq_impl = optimizer.impl  # the optimiser's kernels also give the one-pass sum of squares
+        plan = self.plan
+        # Sums over the data-parallel ranks (each holds its own rows; tensor-parallel ranks of one data rank
+        # see the same rows and are not added again): losses, metrics, expert loads, validation sums.
+        data_group = plan.mesh.group("data") if plan is not None else None
+        all_reduce = ops.AllReduce(ops.ReduceOp.SUM, data_group) if data_group else None
+        self._sum_over_ranks = self._sum_over_world = None
         if all_reduce is not None:
             @ms.jit
             def sum_over_ranks(x):
@@ -297,6 +361,22 @@ class Trainer:
 
             # numpy in, numpy out (outside the step; used for the validation sums)
             self._sum_over_ranks = lambda a: sum_over_ranks(ms.Tensor(a)).asnumpy()
+        if plan is not None:
+            world_sum = ops.AllReduce()
+
+            @ms.jit
+            def sum_over_world(x):
+                return world_sum(x)
+
+            self._sum_over_world = lambda a: sum_over_world(ms.Tensor(a)).asnumpy()
+        if plan is not None:   # gradients summed over each parameter's replicas; the norm over all shards
+            from parallel_strategies.parallelize import GradientSync, SquareSum
+
+            names = [p.name for p in optimizer.params]
+            sync = GradientSync(plan, names)
+            global_square_sum = SquareSum(plan, names, sq_impl)
+        else:
+            sync = global_square_sum = None
 
         # Aux-loss-free balancing (Ultra, router_bias_update_rate > 0) runs INSIDE the compiled steps: a
         # step zeroes the routers' load counters, loss() counts, and after the update the bias moves by
@@ -335,9 +415,9 @@ class Trainer:
         def add_grads(acc, grads):
             return tuple([a + g for a, g in zip(acc, grads)])
 
-        sq_impl = optimizer.impl  # the optimiser's kernels also give the one-pass sum of squares
-
         def sum_squares(grads):
+            if global_square_sum is not None:
+                return global_square_sum(grads)
             total = 0.0
             for g in grads:
                 total = total + adamw_ops.sum_squares(g, sq_impl)
@@ -347,8 +427,8 @@ class Trainer:
             return ops.sqrt(sum_squares(grads))
 
         def update_step(grads, lr):
-            if all_reduce is not None:
-                grads = tuple([all_reduce(g) for g in grads])
+            if sync is not None:
+                grads = sync(grads)
             norm = global_norm(grads)
             if clip > 0:
                 factor = ops.minimum(1.0, clip / (norm + 1e-6))
@@ -359,15 +439,19 @@ class Trainer:
             return norm
 
         def grad_norm(grads):
-            if all_reduce is not None:
-                grads = tuple([all_reduce(g) for g in grads])
+            if sync is not None:
+                grads = sync(grads)
             return global_norm(grads)
 
         def grad_sq_sum(grads):
-            # Finite iff every gradient on every rank is: the guard's check before an update. Only a
-            # scalar crosses ranks (grad_norm would all-reduce every gradient).
-            total = sum_squares(grads)
-            return all_reduce(total) if all_reduce is not None else total
+            # Finite iff every gradient on every rank is: the guard's check before an update. Only
+            # scalars cross ranks (grad_norm would all-reduce every gradient).
+            if plan is None:
+                return sum_squares(grads)
+            local = 0.0
+            for g in grads:
+                local = local + adamw_ops.sum_squares(g, sq_impl)
+            return world_sum(local)
 
         def eval_step(*batch):
             loss, _ = model.loss(*batch)
@@ -397,7 +481,8 @@ class Trainer:
             if all_reduce is not None:
                 loss = all_reduce(loss)
                 metrics = tuple([all_reduce(m) for m in metrics])
-                grads = tuple([all_reduce(g) for g in grads])
+            if sync is not None:
+                grads = sync(grads)
             sq = sum_squares(grads)
             norm = ops.sqrt(sq)
             applied = ops.logical_and(ops.isfinite(loss), ops.isfinite(sq))
@@ -434,10 +519,10 @@ class Trainer:
         total = recipe.train.steps
         metrics_path = os.path.join(self.run_dir, "metrics.jsonl")
         batch_size = recipe.train.micro_batch_size
-        tokens_per_step = batch_size * self.world * recipe.train.grad_accum_steps * recipe.data.seq_length
-        global_rows = batch_size * self.world
+        tokens_per_step = batch_size * self.data_world * recipe.train.grad_accum_steps * recipe.data.seq_length
+        global_rows = batch_size * self.data_world
         stream = self.train_data.batches(global_rows, start=self.data_position, seed=recipe.train.seed)
-        mine = slice(self.rank * batch_size, (self.rank + 1) * batch_size)
+        mine = slice(self.data_rank * batch_size, (self.data_rank + 1) * batch_size)
         first_loss = last_loss = float("nan")
         val_loss = None
         bar = tqdm(total=total, initial=self.step, desc=recipe.run.name, unit="step", dynamic_ncols=True,
@@ -536,9 +621,9 @@ class Trainer:
         from mindspore import Tensor
 
         rows = self.recipe.train.micro_batch_size
-        mine = slice(self.rank * rows, (self.rank + 1) * rows)
+        mine = slice(self.data_rank * rows, (self.data_rank + 1) * rows)
         total = count = 0.0
-        for batch in self.val_data.eval_batches(rows * self.world, self.recipe.train.eval_batches):
+        for batch in self.val_data.eval_batches(rows * self.data_world, self.recipe.train.eval_batches):
             targets = float(batch["loss_mask"][mine].sum())
             if targets:
                 loss = self._eval_step(*(Tensor(batch[k][mine]) for k in self.batch_keys))
@@ -549,13 +634,31 @@ class Trainer:
         return total / max(count, 1.0)
 
     def save_checkpoint(self) -> str | None:
+        """Full tensors under the single-process names whatever the layout: every rank takes part in the
+        gathers, rank 0 writes, and every rank then checks its own slices against the written files."""
+        model = self._save_tensors(list(self.model.get_parameters()))
+        optimizer = (self._save_tensors(self.optimizer.state_parameters())
+                     if self.recipe.checkpoint.save_optimizer else None)
+        if self.plan is not None:
+            path = self._save_main(model, optimizer) if self.is_main else None
+            self._barrier()
+            self._verify_own_slices(os.path.join(self.ckpt_root, ckpt_lib.step_dir_name(self.step)))
+            return path
+        return self._save_main(model, optimizer)
+
+    def _barrier(self) -> None:
+        self._sum_over_world(np.zeros(1, np.float32))
+
+    def _verify_own_slices(self, path: str) -> None:
+        written = ckpt_lib.load_tensors(path, ckpt_lib.MODEL_FILE)
+        for p in self.model.get_parameters():
+            if not np.array_equal(self.plan.local(p.name, written[p.name]), p.asnumpy()):
+                raise ckpt_lib.CheckpointError(f"{path}: {p.name} on rank {self.rank} differs from the written "
+                                               "checkpoint; the gather or the file is wrong, do not use this step")
+
+    def _save_main(self, model: dict, optimizer: dict | None) -> str | None:
         if not self.is_main:  # data-parallel replicas are identical: rank 0 writes the checkpoint
             return None
-        model = {p.name: p.asnumpy() for p in self.model.get_parameters()}
-        optimizer = (
-            {p.name: p.asnumpy() for p in self.optimizer.state_parameters()}
-            if self.recipe.checkpoint.save_optimizer else None
-        )
         state = {
             "step": self.step,
             "data_position": self.data_position,

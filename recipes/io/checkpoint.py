@@ -54,9 +54,9 @@ def save(ckpt_root: str, step: int, model: dict[str, np.ndarray], optimizer: dic
     tmp = os.path.join(ckpt_root, f".tmp-{step_dir_name(step)}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    save_file(model, os.path.join(tmp, MODEL_FILE))
+    _save_c_order(model, os.path.join(tmp, MODEL_FILE))
     if optimizer is not None:
-        save_file(optimizer, os.path.join(tmp, OPTIMIZER_FILE))
+        _save_c_order(optimizer, os.path.join(tmp, OPTIMIZER_FILE))
     with open(os.path.join(tmp, STATE_FILE), "w") as f:
         json.dump(state, f, indent=1, sort_keys=True)
     files = sorted(n for n in os.listdir(tmp))
@@ -188,6 +188,12 @@ def load_into(target, tensors: dict[str, np.ndarray], what: str) -> None:
     check_compatible({n: tuple(p.shape) for n, p in params.items()}, tensors, what)
     for name, param in params.items():
         param.set_data(Tensor(np.asarray(tensors[name])).astype(param.dtype))
+
+
+def _save_c_order(tensors: dict[str, np.ndarray], path: str) -> None:
+    # safetensors.numpy.save_file writes a Fortran-ordered array's memory as if it were C-ordered (a
+    # transposed tensor on disk, no error): every tensor goes in as C-contiguous
+    save_file({name: np.require(t, requirements="C") for name, t in tensors.items()}, path)  # keeps 0-d shapes
 
 
 def _sha256(path: str) -> str:

@@ -11,8 +11,8 @@ from ops.rope import apply_rope, rotary_tables
 import models
 from pangu.common.mla import MultiHeadLatentAttention
 from pangu.common.mtp import mtp_targets, mtp_targets_np
-from pangu.common.routers import (ScopedBalanceLoss, SigmoidTopKRouter, balance_loss_np,
-                                  expert_bias_update)
+from pangu.common.moe import MoEStats
+from pangu.common.routers import SigmoidTopKRouter, balance_loss_np, expert_bias_update
 from pangu.common.sandwich import dssn_gamma, tiny_init_std
 from pangu.ultra_moe import convert
 from pangu.ultra_moe.config import (PUBLISHED_ACTIVE, PUBLISHED_TOLERANCE, PUBLISHED_TOTAL,
@@ -201,17 +201,20 @@ def test_sigmoid_router_matches_numpy_and_bias_only_selects():
                                   np.sort(np.argsort(-s, 1, kind="stable")[:, :k], 1))
 
 
-def test_balance_loss_local_scope_matches_numpy():
+def test_balance_loss_and_imbalance_of_one_micro_batch_match_numpy():
+    from ops.moe import imbalance_score_np
+
     rng = _rng(4)
     t, e, k = 20, 8, 2
     probs = rng.dirichlet(np.ones(e), t).astype(np.float32)
     experts = np.stack([rng.choice(e, k, replace=False) for _ in range(t)]).astype(np.int32)
-    got = float(ScopedBalanceLoss(e, k, None)(Tensor(probs), Tensor(experts)).asnumpy())
-    assert got == pytest.approx(balance_loss_np(probs, experts, e, k), rel=1e-5)
+    balance, imbalance = MoEStats(e, k, 4)(Tensor(probs), Tensor(experts))
+    assert float(balance.asnumpy()) == pytest.approx(balance_loss_np(probs, experts, e, k), rel=1e-5)
+    assert float(imbalance.asnumpy()) == pytest.approx(imbalance_score_np(experts, e, 4), rel=1e-6)
     # perfectly uniform routing and probabilities give exactly 1
     uni = np.full((e, e), 1.0 / e, np.float32)
     ex = np.stack([np.arange(e), np.roll(np.arange(e), 1)], 1).astype(np.int32)
-    assert float(ScopedBalanceLoss(e, k, None)(Tensor(uni), Tensor(ex)).asnumpy()) == pytest.approx(1.0)
+    assert float(MoEStats(e, k, 4)(Tensor(uni), Tensor(ex))[0].asnumpy()) == pytest.approx(1.0)
 
 
 def test_expert_bias_update_rule_and_model_hook():

@@ -99,3 +99,13 @@ def test_manifest_records_sizes_and_hashes(tmp_path):
     for name, meta in manifest["files"].items():
         assert meta["bytes"] == os.path.getsize(os.path.join(path, name))
         assert len(meta["sha256"]) == 64
+
+
+def test_fortran_ordered_and_scalar_tensors_round_trip(tmp_path):
+    """A gathered shard can be Fortran-ordered (concatenated along a moved axis); safetensors would write
+    its memory as if C-ordered, i.e. transposed. The scalar optimiser step keeps its 0-d shape."""
+    full = np.arange(12, dtype=np.float32).reshape(3, 4)
+    path = ck.save(str(tmp_path), 1, {"w": np.asfortranarray(full)}, {"adam_step": np.array(7, np.int32)},
+                   {"step": 1}, keep_last=1)
+    np.testing.assert_array_equal(ck.load_tensors(path, ck.MODEL_FILE)["w"], full)
+    assert ck.load_tensors(path, ck.OPTIMIZER_FILE)["adam_step"].shape == ()

@@ -14,60 +14,24 @@ the per-rank balance-loss statistic differs from the whole batch's).
 
 import json
 import os
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from recipes.io import checkpoint as ck
+from tests.msrun_jobs import final, launch, single
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SETS = ["data.seq_length=64", "train.steps=4", "schedule.warmup_steps=1", "train.eval_batches=1",
         "checkpoint.every=0", "optimizer.eps=1e-3"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def env():
-    out = dict(os.environ)
-    out["PATH"] = os.path.dirname(sys.executable) + os.pathsep + out.get("PATH", "")  # workers run `python`
-    out["PYTHONPATH"] = ROOT
-    out["GLOG_v"] = "3"
-    return out
-
-
-def final(run_dir):
-    newest = ck.latest_valid(os.path.join(run_dir, "checkpoints"))
-    losses = [json.loads(line)["loss"] for line in open(os.path.join(run_dir, "metrics.jsonl"))]
-    return losses, ck.load_tensors(newest.path, ck.MODEL_FILE)
-
-
 def single_and_dp2(tmp_path, recipe, sets=()):
     """Train `recipe` in one process (4 rows per step) and under msrun with 2 workers (2 rows each)."""
-    common = SETS + [f"run.root={tmp_path}", *sets]
-    single = subprocess.run(
-        [sys.executable, "-m", "recipes.run", recipe,
-         *sum((["--set", s] for s in common + ["train.micro_batch_size=4", "run.name=single"]), [])],
-        cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600,
-    )
-    assert single.returncode == 0, single.stderr[-2000:]
-
-    launch = subprocess.run(
-        [sys.executable, "-m", "parallel_strategies", "launch", "--recipe", recipe,
-         "--strategy", "tiny_cpu_dp2", f"--master-port={free_port()}", f"--log-dir={tmp_path / 'logs'}",
-         *sum((["--set", s] for s in common + ["train.micro_batch_size=2", "run.name=dp2"]), [])],
-        cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600,
-    )
-    logs = "".join((tmp_path / "logs" / f).read_text()[-1500:] for f in os.listdir(tmp_path / "logs")) \
-        if (tmp_path / "logs").exists() else ""
-    assert launch.returncode == 0, launch.stdout[-1500:] + launch.stderr[-1500:] + logs
-    assert "msrun --worker_num=2 --local_worker_num=2" in launch.stdout  # the command is printed first
+    one = single(tmp_path, recipe, "single", [*SETS, *sets, "train.micro_batch_size=4"])
+    assert one.returncode == 0, one.stderr[-2000:]
+    dp2 = launch(tmp_path, recipe, "tiny_cpu_dp2", "dp2", [*SETS, *sets, "train.micro_batch_size=2"])
+    assert dp2.returncode == 0, dp2.stdout[-1500:] + dp2.stderr[-3000:]
+    assert "msrun --worker_num=2 --local_worker_num=2" in dp2.stdout  # the command is printed first
     return final(tmp_path / "single"), final(tmp_path / "dp2")
 
 
