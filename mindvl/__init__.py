@@ -6,7 +6,7 @@ data (synthetic + LLaVA JSONL datasets, packing, collation), dataset (the traine
 evaluate (exact-match accuracy, test-time resolution search), convert (serving layout), spec (ModelSpec).
 """
 
-from mindvl.config import PRESETS, MindVLConfig, VisionConfig, count_parameters  # noqa: E402
+from mindvl.config import PRESETS, MindVLConfig, MindVLPanguConfig, VisionConfig, count_parameters  # noqa: E402
 from mindvl.dataset import MindVLDataConfig, MultimodalPackedDataset  # noqa: E402
 from mindvl.model import MindVL, build_model  # noqa: E402
-from mindvl.spec import SPEC  # noqa: E402
+from mindvl.spec import PANGU_SPEC, SPEC  # noqa: E402

@@ -1,7 +1,10 @@
-"""MindVL configuration: the vision tower (Qwen2.5-VL `vision_config` key names) + which pangu decoder.
+"""MindVL configuration: the vision tower (Qwen2.5-VL `vision_config` key names) + which decoder.
 
-The decoder is any text decoder of `pangu.decoders` ("pangu_pro_moe", "pangu_ultra_moe"), built from
-one of its presets plus overrides; MindVL only adds the vision tower and M-RoPE.
+Two architectures share this module: `mindvl` (MindVLConfig) is MindVL in the real Qwen2.5-VL layout, the
+dense Qwen2 decoder (`pangu.qwen2`); `mindvl_pangu` (MindVLPanguConfig) takes a Pangu MoE decoder
+("pangu_pro_moe", "pangu_ultra_moe") and has its own serving layout (mindvl.convert), since Qwen2.5-VL's
+loaders refuse MoE layers. The decoder is built from one of its presets plus overrides; MindVL only adds
+the vision tower and M-RoPE.
 """
 
 from __future__ import annotations
@@ -61,9 +64,10 @@ class VisionConfig:
 
 @dataclass
 class MindVLConfig:
-    """Vision tower + a registered pangu decoder + M-RoPE."""
+    """Vision tower + the Qwen2 decoder + M-RoPE (the Qwen2.5-VL layout)."""
+    TEXT_ARCHS = ("qwen2",)                 # decoders this architecture takes (class constant, not a field)
     vision_config: VisionConfig = field(default_factory=VisionConfig)  # the ViT and merger
-    text_arch: str = "pangu_pro_moe"        # decoder architecture in pangu.decoders
+    text_arch: str = "qwen2"                # decoder architecture in pangu.decoders
     text_preset: str = "tiny"               # decoder preset
     text_overrides: dict = field(default_factory=dict)  # decoder config field -> value
     mrope_section: tuple = ()               # rotary pairs for (t, h, w); () = auto (D/8, 3D/16, 3D/16)
@@ -81,6 +85,10 @@ class MindVLConfig:
             raise ValueError(f"vocab_size: {self.vocab_size} < 0; use 0 (decoder preset) or the tokenizer size")
         if self.text_arch not in DECODERS:
             raise ValueError(f"text_arch: {self.text_arch!r} is not a decoder; use one of {sorted(DECODERS)}")
+        if self.text_arch not in self.TEXT_ARCHS:
+            other = "mindvl" if self.text_arch == "qwen2" else "mindvl_pangu"
+            raise ValueError(f"text_arch: {self.text_arch!r} is not a decoder of this architecture (it takes "
+                             f"{', '.join(self.TEXT_ARCHS)}); use model.arch: {other}")
         try:
             self.text_config()
         except ValueError as err:   # a bad text_preset / text_overrides key, or a bad decoder value
@@ -112,6 +120,13 @@ class MindVLConfig:
     def vision_for_decoder(self) -> VisionConfig:
         """The vision config with the merger's output width set to the decoder's hidden size."""
         return dataclasses.replace(self.vision_config, out_hidden_size=self.text_config().hidden_size)
+
+
+@dataclass
+class MindVLPanguConfig(MindVLConfig):
+    """Vision tower + a Pangu MoE decoder + M-RoPE (architecture `mindvl_pangu`, its own serving layout)."""
+    TEXT_ARCHS = ("pangu_pro_moe", "pangu_ultra_moe")
+    text_arch: str = "pangu_pro_moe"        # decoder architecture in pangu.decoders (a Pangu MoE)
 
 
 def auto_mrope_section(rotary_dim: int) -> tuple:
@@ -164,4 +179,9 @@ def model_shape(cfg: MindVLConfig) -> ModelShape:
 
 
 PRESETS = {name: (lambda n=name: MindVLConfig(vision_config=vision_preset(n), text_preset=n))
-           for name in ("tiny", "bench", "full")}
+           for name in ("tiny", "bench")}
+# Qwen2.5-VL-7B: the ViT + the Qwen2.5-7B decoder with the VL model's 128k positions and M-RoPE [16, 24, 24]
+PRESETS["full"] = lambda: MindVLConfig(vision_config=vision_preset("full"), text_preset="full",
+                                       text_overrides={"max_position_embeddings": 128000})
+PANGU_PRESETS = {name: (lambda n=name: MindVLPanguConfig(vision_config=vision_preset(n), text_preset=n))
+                 for name in ("tiny", "bench", "full")}

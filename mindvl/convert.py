@@ -1,11 +1,21 @@
-"""MindVL <-> serving layout (Qwen2_5_VLForConditionalGeneration naming), config.json both ways, and the
-files a MindVL serving directory carries besides the weights (tokenizer.json, preprocessor_config.json).
+"""MindVL <-> its serving layouts, config.json both ways, and the files a MindVL serving directory carries
+besides the weights (tokenizer.json, preprocessor_config.json).
+
+Two layouts with the same tensor naming:
+  SERVING (`mindvl`, Qwen2 decoder)   `Qwen2_5_VLForConditionalGeneration`, model_type "qwen2_5_vl": the
+                                      stock Qwen2.5-VL config.json (Qwen2 text keys at top level, the stock
+                                      `vision_config` keys, `rope_scaling.mrope_section`, the token ids);
+                                      what transformers' Qwen2.5-VL class and vLLM's loader read.
+  PANGU_SERVING (`mindvl_pangu`)      `MindVLPanguForConditionalGeneration`, model_type "mindvl_pangu": the
+                                      Pangu decoder's own config keys + `text_architectures` + our whole
+                                      `vision_config`. No released loader reads MoE layers in a Qwen2.5-VL
+                                      model, so this layout is ours (import / export / score here).
 
 Ours == serving for `visual.*` except the patch embedding: ours `visual.patch_embed.proj.weight`
 [C, 3·2·14·14] (a Linear over flattened patches) <-> serving Conv3d weight [C, 3, 2, 14, 14]
 (same values, reshaped: the processor flattens patches channel, frame, row, column).
 `language_model.<name>` <-> the decoder's own serving names (its spec's ServingLayout), i.e. `model.*`
-and `lm_head.*` at top level, so a Pro or Ultra decoder exports exactly like the text model.
+and `lm_head.*` at top level, so the decoder exports exactly like the text model.
 """
 
 from __future__ import annotations
@@ -17,13 +27,20 @@ import shutil
 
 import numpy as np
 
-from mindvl.config import MindVLConfig, VisionConfig
+from mindvl.config import MindVLConfig, MindVLPanguConfig, VisionConfig
 from pangu.decoders import DECODERS, get_decoder
+from pangu.qwen2 import convert as qwen2_convert
 from pangu.spec import ServingLayout
 
 _PATCH = "visual.patch_embed.proj.weight"
 _LM = "language_model."
-_TEXT_ARCH_OF = {spec.serving.architecture: name for name, spec in DECODERS.items()}
+_TEXT_ARCH_OF = {DECODERS[name].serving.architecture: name for name in MindVLPanguConfig.TEXT_ARCHS}
+# Qwen2.5-VL's vision_config keys (transformers' Qwen2_5_VLVisionConfig as the released config.json spells it);
+# its modelling code fixes the ViT's RMSNorm eps at 1e-6 and the 2-D RoPE base at 1e4
+_QWEN_VISION_KEYS = ("depth", "hidden_act", "hidden_size", "intermediate_size", "num_heads", "in_chans",
+                     "out_hidden_size", "patch_size", "spatial_merge_size", "spatial_patch_size", "window_size",
+                     "fullatt_block_indexes", "tokens_per_second", "temporal_patch_size")
+_QWEN_VISION_FIXED = {"rms_norm_eps": 1e-6, "rope_theta": 10000.0}
 
 
 def to_hf(state: dict, cfg: MindVLConfig) -> dict:
@@ -59,38 +76,105 @@ def from_hf(state: dict, cfg: MindVLConfig) -> dict:
     return out
 
 
+def _ids(cfg: MindVLConfig) -> dict:
+    return dict(image_token_id=cfg.image_token_id, vision_start_token_id=cfg.vision_start_token_id,
+                vision_end_token_id=cfg.vision_end_token_id)
+
+
 def hf_config(cfg: MindVLConfig) -> dict:
-    """config.json: the decoder's serving config + nested vision_config + M-RoPE sections."""
+    """config.json of Qwen2_5_VLForConditionalGeneration: Qwen2's text keys, the stock `vision_config`, M-RoPE
+    sections and the vision token ids. A model the layout's loaders would build differently is refused."""
+    if cfg.text_arch != "qwen2":
+        raise ValueError(f"text_arch: {cfg.text_arch!r}; Qwen2.5-VL's loaders build a dense Qwen2 decoder, so "
+                         "this model has no qwen2_5_vl export (model.arch: mindvl_pangu exports as mindvl_pangu)")
+    text, v = cfg.text_config(), cfg.vision_for_decoder()
+    for key, want in _QWEN_VISION_FIXED.items():
+        if getattr(v, key) != want:
+            raise ValueError(f"vision_config.{key}: {getattr(v, key)}; Qwen2.5-VL's vision tower fixes it at {want}, "
+                             f"so this model has no qwen2_5_vl export (train with {key}: {want})")
+    vd = {k: getattr(v, k) for k in _QWEN_VISION_KEYS if hasattr(v, k)}
+    vd.update(hidden_act="silu", spatial_patch_size=v.patch_size, tokens_per_second=2,   # video only: stock value
+              fullatt_block_indexes=list(v.fullatt_block_indexes))
+    vd = {k: vd[k] for k in _QWEN_VISION_KEYS}
+    d = {"architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
+         **qwen2_convert.text_config(text), **_ids(cfg), "vision_config": vd,
+         "rope_scaling": {"type": "mrope", "mrope_section": list(cfg.mrope())}, "torch_dtype": "bfloat16"}
+    return d
+
+
+def config_from_hf(d: dict, names=None) -> MindVLConfig:
+    """Qwen2.5-VL config.json (+ serving tensor names; None: the config alone) -> our validated MindVLConfig.
+    The text keys through Qwen2's reader (its rules and refusals), the vision keys by their stock names;
+    `rope_scaling` must be M-RoPE with its sections."""
+    text_names = None if names is None else [n for n in names if not n.startswith("visual.")]
+    text = qwen2_convert.config_from_hf(d, text_names)
+    scaling = d.get("rope_scaling") or {}
+    if (scaling.get("type") or scaling.get("rope_type")) != "mrope" or not scaling.get("mrope_section"):
+        raise ValueError(f"rope_scaling: {scaling or None} is not M-RoPE with mrope_section; a Qwen2.5-VL config "
+                         "has {\"type\": \"mrope\", \"mrope_section\": [t, h, w]}")
+    vision = _vision_from_hf(d, {"hidden_act", "spatial_patch_size", "tokens_per_second"}, text.hidden_size)
+    return MindVLConfig(vision_config=vision, text_arch="qwen2", text_preset="tiny",
+                        text_overrides=dataclasses.asdict(text), mrope_section=tuple(scaling["mrope_section"]),
+                        image_token_id=d.get("image_token_id", 151655),
+                        vision_start_token_id=d.get("vision_start_token_id", 151652),
+                        vision_end_token_id=d.get("vision_end_token_id", 151653), vocab_size=text.vocab_size,
+                        compute_dtype=text.compute_dtype).validate()
+
+
+def _vision_from_hf(d: dict, known: set, text_hidden: int) -> VisionConfig:
+    """VisionConfig from config.json's nested vision_config (unknown keys refused in one line)."""
+    if not isinstance(d.get("vision_config"), dict):
+        raise ValueError("vision_config: absent from config.json; a vision-language config nests the ViT's keys there")
+    fields = {f.name for f in dataclasses.fields(VisionConfig)}
+    raw = d["vision_config"]
+    if raw.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"vision_config.hidden_act: {raw['hidden_act']!r} is not silu; only SwiGLU ViT blocks "
+                         "(Qwen2.5-VL) are implemented")
+    unknown = sorted(set(raw) - fields - known - {"model_type", "torch_dtype", "initializer_range"})
+    if unknown:
+        raise ValueError(f"vision_config.{unknown[0]}: not a key of this vision tower; remove it or use a "
+                         "Qwen2.5-VL-layout checkpoint")
+    vd = {k: v for k, v in raw.items() if k in fields}
+    vd["fullatt_block_indexes"] = tuple(vd.get("fullatt_block_indexes", ()))
+    vision = VisionConfig(**vd)
+    if vision.out_hidden_size != text_hidden:
+        raise ValueError(f"vision_config.out_hidden_size: {vision.out_hidden_size} but the decoder's hidden_size is "
+                         f"{text_hidden}; the merger must project to the decoder width")
+    return vision
+
+
+def pangu_hf_config(cfg: MindVLPanguConfig) -> dict:
+    """config.json of the mindvl_pangu layout: the Pangu decoder's serving config + `text_architectures` +
+    our whole vision_config + M-RoPE sections + the vision token ids."""
     text, v = cfg.text_config(), cfg.vision_for_decoder()
     d = get_decoder(cfg.text_arch).serving.config_to_hf(text)
     vd = dataclasses.asdict(v)
     vd["fullatt_block_indexes"] = list(v.fullatt_block_indexes)
     vd.update(spatial_patch_size=v.patch_size, hidden_act="silu")
-    d.update(vision_config=vd, image_token_id=cfg.image_token_id, vision_start_token_id=cfg.vision_start_token_id,
-             vision_end_token_id=cfg.vision_end_token_id,
-             rope_scaling={"type": "mrope", "mrope_section": list(cfg.mrope())},
-             text_architectures=d.get("architectures"), architectures=["Qwen2_5_VLForConditionalGeneration"],
-             model_type="qwen2_5_vl")
+    d.update(vision_config=vd, **_ids(cfg), rope_scaling={"type": "mrope", "mrope_section": list(cfg.mrope())},
+             text_architectures=d.get("architectures"), architectures=[PANGU_ARCHITECTURE],
+             model_type=PANGU_MODEL_TYPE)
     return d
 
 
-def config_from_hf(d: dict, names=None) -> MindVLConfig:
-    """config.json (+ serving tensor names; None: the config alone) -> our validated MindVLConfig."""
+def pangu_config_from_hf(d: dict, names=None) -> MindVLPanguConfig:
+    """mindvl_pangu config.json (+ serving tensor names; None: the config alone) -> our MindVLPanguConfig."""
     text_arch = _TEXT_ARCH_OF.get((d.get("text_architectures") or [None])[0])
     if text_arch is None:
-        raise ValueError(f"text_architectures: {d.get('text_architectures')} is not a pangu decoder; "
+        raise ValueError(f"text_architectures: {d.get('text_architectures')} is not a Pangu decoder; "
                          f"expected one of {sorted(_TEXT_ARCH_OF)}")
     text_names = None if names is None else [n for n in names if not n.startswith("visual.")]
     text = get_decoder(text_arch).serving.config_from_hf(d, text_names)
-    fields = {f.name for f in dataclasses.fields(VisionConfig)}
-    vd = {k: v for k, v in d["vision_config"].items() if k in fields}
-    vd["fullatt_block_indexes"] = tuple(vd.get("fullatt_block_indexes", ()))
-    return MindVLConfig(vision_config=VisionConfig(**vd), text_arch=text_arch, text_preset="tiny",
-                        text_overrides=dataclasses.asdict(text),
-                        mrope_section=tuple(d["rope_scaling"]["mrope_section"]),
-                        image_token_id=d["image_token_id"], vision_start_token_id=d["vision_start_token_id"],
-                        vision_end_token_id=d["vision_end_token_id"], vocab_size=text.vocab_size,
-                        compute_dtype=text.compute_dtype).validate()
+    vision = _vision_from_hf(d, {"hidden_act", "spatial_patch_size"}, text.hidden_size)
+    return MindVLPanguConfig(vision_config=vision, text_arch=text_arch, text_preset="tiny",
+                             text_overrides=dataclasses.asdict(text),
+                             mrope_section=tuple(d["rope_scaling"]["mrope_section"]),
+                             image_token_id=d["image_token_id"], vision_start_token_id=d["vision_start_token_id"],
+                             vision_end_token_id=d["vision_end_token_id"], vocab_size=text.vocab_size,
+                             compute_dtype=text.compute_dtype).validate()
+
+
+PANGU_MODEL_TYPE, PANGU_ARCHITECTURE = "mindvl_pangu", "MindVLPanguForConditionalGeneration"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,21 +182,26 @@ def config_from_hf(d: dict, names=None) -> MindVLConfig:
 # ---------------------------------------------------------------------------------------------
 
 def run_assets(data_cfg, run_dir: str) -> dict:
-    """The run's tokenizer (mindvl.dataset always uses ByteTokenizer) and image processor: the run
-    directory's preprocessor_config.json (the resolution search writes one) or the data budget."""
-    from mindvl.processor import ByteTokenizer, ImageProcessor
+    """The run's tokenizer (`data.tokenizer_json`, else ByteTokenizer) and image processor: the run
+    directory's preprocessor_config.json (the resolution search or an import writes one) or the data budget."""
+    from mindvl.processor import ImageProcessor, data_tokenizer
 
     saved = os.path.join(run_dir, "preprocessor_config.json")
     processor = ImageProcessor.load(saved) if os.path.isfile(saved) else data_cfg.processor()
-    return {"tokenizer": ByteTokenizer(), "processor": processor}
+    return {"tokenizer": data_tokenizer(data_cfg.tokenizer_json), "processor": processor}
 
 
 def write_assets(cfg: MindVLConfig, out: str, tokenizer, processor) -> dict:
     """tokenizer.json & co., generation_config.json, preprocessor_config.json; returns config.json's id keys."""
+    from mindvl.processor import HFTokenizer
+
     text, vision = cfg.text_config(), cfg.vision_for_decoder()
     ids = {}
     if tokenizer is not None:
-        save_tokenizer(tokenizer, out, getattr(text, "max_position_embeddings", 4096))
+        if isinstance(tokenizer, HFTokenizer):      # a checkpoint's own files, as they are
+            copy_tokenizer_files(os.path.dirname(tokenizer.path), out)
+        else:
+            save_tokenizer(tokenizer, out, getattr(text, "max_position_embeddings", 4096))
         gen = generation_ids(tokenizer)
         with open(os.path.join(out, "generation_config.json"), "w") as f:
             json.dump({**gen, "do_sample": False}, f, indent=2)
@@ -124,19 +213,31 @@ def write_assets(cfg: MindVLConfig, out: str, tokenizer, processor) -> dict:
 
 
 def read_assets(hf_dir: str, out: str, cfg: MindVLConfig) -> dict:
-    """Check that the tokenizer files describe the ByteTokenizer; keep preprocessor_config.json
-    (copied verbatim: a re-export writes the same file) and its pixel budget as the data budget."""
-    from mindvl.processor import ImageProcessor
+    """The imported run's `data:` section from the directory's files: its own tokenizer.json (any tokenizer
+    the `tokenizers` library reads that has MindVL's special tokens; copied into OUT with its companion
+    files and named by `tokenizer_json`; MindVL's own ByteTokenizer export needs nothing) and
+    preprocessor_config.json (copied verbatim; its pixel budget becomes the data budget). The vision token
+    ids of config.json must be the tokenizer's."""
+    from mindvl.processor import HFTokenizer, ImageProcessor
 
+    data = {}
     if any(os.path.isfile(os.path.join(hf_dir, n)) for n in TOKENIZER_FILES):
-        load_tokenizer(hf_dir)
+        tokenizer = load_tokenizer(hf_dir)
+        for name, key in (("<|image_pad|>", "image_token_id"), ("<|vision_start|>", "vision_start_token_id"),
+                          ("<|vision_end|>", "vision_end_token_id")):
+            if tokenizer.token_id(name) != getattr(cfg, key):
+                raise ValueError(f"{key}: config.json says {getattr(cfg, key)} but tokenizer.json has {name} = "
+                                 f"{tokenizer.token_id(name)}; the tokenizer belongs to another model")
+        if isinstance(tokenizer, HFTokenizer):
+            copy_tokenizer_files(hf_dir, out)
+            data["tokenizer_json"] = os.path.abspath(os.path.join(out, "tokenizer.json"))
     saved = os.path.join(hf_dir, "preprocessor_config.json")
     if not os.path.isfile(saved):
-        return {}
+        return data
     processor = ImageProcessor.load(saved)
     check_processor(processor, cfg.vision_for_decoder())
     shutil.copyfile(saved, os.path.join(out, "preprocessor_config.json"))
-    return {"min_pixels": processor.min_pixels, "max_pixels": processor.max_pixels}
+    return {**data, "min_pixels": processor.min_pixels, "max_pixels": processor.max_pixels}
 
 
 def serving_assets(hf_dir: str) -> dict:
@@ -168,6 +269,15 @@ def example_inputs(cfg: MindVLConfig, seq_len: int, patches: int) -> list:
 # ---------------------------------------------------------------------------------------------
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# what a Qwen2.5-VL checkpoint carries besides tokenizer.json (the slow tokenizer's files, the chat template)
+TOKENIZER_COMPANIONS = ("vocab.json", "merges.txt", "added_tokens.json", "chat_template.json", "chat_template.jinja")
+
+
+def copy_tokenizer_files(src: str, dst: str) -> None:
+    """Copy a checkpoint's tokenizer files (those of TOKENIZER_FILES + TOKENIZER_COMPANIONS it has) unchanged."""
+    for name in TOKENIZER_FILES + TOKENIZER_COMPANIONS:
+        if os.path.isfile(os.path.join(src, name)) and os.path.abspath(src) != os.path.abspath(dst):
+            shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
 
 
 def _byte_chars() -> list[str]:
@@ -233,8 +343,8 @@ def chat_template() -> str:
 
 
 def generation_ids(tokenizer) -> dict:
-    """bos/eos/pad ids of generation_config.json: stop at <|im_end|> (end of an answer) or <eod>."""
-    _check_byte_tokenizer(tokenizer)
+    """bos/eos/pad ids of generation_config.json: stop at <|im_end|> (end of an answer) or <eod>
+    (ByteTokenizer's <eod>, a Qwen tokenizer's <|endoftext|>)."""
     return {"bos_token_id": None, "eos_token_id": [tokenizer.token_id("<|im_end|>"), tokenizer.eod_id],
             "pad_token_id": tokenizer.pad_id}
 
@@ -257,9 +367,11 @@ def save_tokenizer(tokenizer, directory: str, max_length: int = 4096) -> None:
 
 
 def load_tokenizer(directory: str):
-    """The ByteTokenizer described by an export's tokenizer.json; a one-line ValueError when the file
-    is missing or describes any other tokenizer (ids, byte table, merges, special tokens)."""
-    from mindvl.processor import ByteTokenizer
+    """The tokenizer of a serving directory's tokenizer.json: MindVL's ByteTokenizer when the file describes it
+    (our own export), else the file itself through the `tokenizers` library (HFTokenizer: a Qwen2.5-VL
+    checkpoint's byte-level BPE); a one-line ValueError when the file is missing, unreadable or lacks
+    MindVL's special tokens."""
+    from mindvl.processor import ByteTokenizer, HFTokenizer
 
     path = os.path.join(directory, "tokenizer.json")
     if not os.path.isfile(path):
@@ -268,11 +380,9 @@ def load_tokenizer(directory: str):
         found = json.load(f)
     tokenizer = ByteTokenizer()
     want = tokenizer_json(tokenizer)
-    for key in ("added_tokens", "pre_tokenizer", "decoder", "model"):
-        if found.get(key) != want[key]:
-            raise ValueError(f"{path}: {key} differs from MindVL's ByteTokenizer (byte-level, ids = byte + "
-                             f"{tokenizer.offset}, 7 special tokens); this tokenizer cannot be rebuilt here")
-    return tokenizer
+    if all(found.get(key) == want[key] for key in ("added_tokens", "pre_tokenizer", "decoder", "model")):
+        return tokenizer
+    return HFTokenizer(path)
 
 
 def check_processor(processor, vision_cfg) -> None:
@@ -288,16 +398,23 @@ def check_processor(processor, vision_cfg) -> None:
 def save_preprocessor(processor, directory: str) -> str:
     """preprocessor_config.json as Qwen2.5-VL ships it (min/max_pixels also as `size`), plus our record
     (`extra.resolution_search`, written by mindvl.evaluate); ImageProcessor.load reads it back."""
+    path = os.path.join(directory, "preprocessor_config.json")
+    source = getattr(processor, "source_path", None)     # an imported file, unchanged since: written as it was
+    if source and os.path.isfile(source) and type(processor).load(source) == processor:
+        shutil.copyfile(source, path)
+        return path
     d = processor.to_dict()
     d.update(processor_class="Qwen2_5_VLProcessor",
              size={"shortest_edge": processor.min_pixels, "longest_edge": processor.max_pixels})
-    path = os.path.join(directory, "preprocessor_config.json")
     with open(path, "w") as f:
         json.dump(d, f, indent=2, sort_keys=True)
     return path
 
 
+_ASSETS = dict(run_assets=run_assets, write_assets=write_assets, read_assets=read_assets,
+               serving_assets=serving_assets, example_inputs=example_inputs)
 SERVING = ServingLayout(model_type="qwen2_5_vl", architecture="Qwen2_5_VLForConditionalGeneration", to_hf=to_hf,
-                        from_hf=from_hf, config_to_hf=hf_config, config_from_hf=config_from_hf,
-                        run_assets=run_assets, write_assets=write_assets, read_assets=read_assets,
-                        serving_assets=serving_assets, example_inputs=example_inputs)
+                        from_hf=from_hf, config_to_hf=hf_config, config_from_hf=config_from_hf, **_ASSETS)
+PANGU_SERVING = ServingLayout(model_type=PANGU_MODEL_TYPE, architecture=PANGU_ARCHITECTURE, to_hf=to_hf,
+                              from_hf=from_hf, config_to_hf=pangu_hf_config, config_from_hf=pangu_config_from_hf,
+                              **_ASSETS)

@@ -11,13 +11,14 @@ collation (the synthetic generator and JSONL images are deterministic), so a spl
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from mindvl.data import build_dataset as build_examples
 from mindvl.data import TemplateMix, collate, encode_example, pack, packing_efficiency
-from mindvl.processor import ByteTokenizer, ImageProcessor
+from mindvl.processor import ImageProcessor, data_tokenizer
 
 
 @dataclass
@@ -37,6 +38,8 @@ class MindVLDataConfig:
     min_side: int = 56                      # synthetic native resolutions: shortest side
     max_side: int = 224                     # synthetic native resolutions: longest side
     seed: int = 1234                        # synthetic generation / jsonl split
+    tokenizer_json: str = ""                # a checkpoint's tokenizer.json (an imported run sets it); "" =
+                                            # the built-in ByteTokenizer
 
     def validate(self):
         if self.max_patches % 4:
@@ -48,6 +51,9 @@ class MindVLDataConfig:
         if self.seq_length < 8:
             raise ValueError(f"seq_length: {self.seq_length} is too short; use e.g. 512")
         self.processor().validate()
+        if self.tokenizer_json and not os.path.isfile(self.tokenizer_json):
+            raise ValueError(f"tokenizer_json: {self.tokenizer_json} not found; give a tokenizer.json or \"\" for the "
+                             "built-in ByteTokenizer")
 
     def processor(self) -> ImageProcessor:
         return ImageProcessor(min_pixels=self.min_pixels, max_pixels=self.max_pixels)
@@ -59,7 +65,7 @@ class MultimodalPackedDataset:
         cfg.validate()
         split = {"val": "validation"}.get(split, split)
         self.cfg, self.split = cfg, split
-        self.tokenizer = tokenizer or ByteTokenizer()
+        self.tokenizer = tokenizer or data_tokenizer(cfg.tokenizer_json)
         self.processor = cfg.processor()
         self.merge, self.window_merged = merge, window_merged
         if cfg.path.startswith("synthetic"):

@@ -26,6 +26,7 @@ VISION_KEYS = ("pixel_values", "vit_position_ids", "vit_segment_ids", "vit_windo
                "reverse_window_index")
 MM_KEYS = ("mrope_position_ids", "image_mask", "image_token_index") + VISION_KEYS
 FORWARD_KEYS = ("input_ids", "position_ids", "segment_ids") + MM_KEYS   # construct's inputs, in order
+_LM = "language_model."
 
 
 class MindVL(nn.Cell):
@@ -130,3 +131,37 @@ def forward_inputs(cfg: MindVLConfig, ids, pixel_values=None, grid_thw=None) -> 
 
     batch = sequence_inputs(cfg, ids, pixel_values, grid_thw)
     return [batch[k] for k in FORWARD_KEYS]
+
+
+def init_from_state(cfg: MindVLConfig, tensors: dict, params: dict, log=print) -> dict:
+    """The tensors a MindVL run loads from its `init_from` checkpoint (the ModelSpec hook the trainer calls).
+
+    A MindVL checkpoint (names under `visual.` / `language_model.`) loads as it is. A text decoder's checkpoint (a
+    qwen2 / Pangu run of ours, or an imported Qwen2ForCausalLM / Pangu serving directory) is the warm-up's
+    pretrained LLM: its `model.*` / `lm_head.*` become `language_model.*`, the vision tower and merger keep their
+    fresh initialisation (`params`' current values), and embedding / head rows the text vocabulary lacks (ids
+    this MindVL tokenizer adds) keep theirs. Anything else that does not fit is refused in one line."""
+    import numpy as np
+
+    if any(n.startswith(("visual.", _LM)) for n in tensors):
+        return tensors
+    mapped = {_LM + n: np.asarray(v) for n, v in tensors.items()}
+    ours = {n for n in params if n.startswith(_LM)}
+    extra, missing = sorted(set(mapped) - ours), sorted(ours - set(mapped))
+    if extra or missing:
+        name = (extra or missing)[0][len(_LM):]
+        raise ValueError(f"init_from: {name} {'is not a parameter of' if extra else 'is missing for'} this MindVL's "
+                         f"{cfg.text_arch} decoder; warm-start from a text run of the same architecture and sizes "
+                         "(text_overrides) as the decoder")
+    out = {n: np.array(p.asnumpy()) for n, p in params.items()}
+    grown = 0
+    for name, value in mapped.items():
+        want = tuple(params[name].shape)
+        if value.shape != want and value.ndim == 2 and value.shape[1] == want[1] and value.shape[0] < want[0]:
+            out[name][: value.shape[0]] = value      # vocabulary rows: the text tokenizer's ids come first
+            grown = max(grown, want[0] - value.shape[0])
+        else:
+            out[name] = value                        # a shape mismatch is named by the loader's strict check
+    log(f"init_from: text decoder -> language_model.* ({len(mapped)} tensors); visual.* fresh "
+        f"({sum(n.startswith('visual.') for n in params)} tensors)" + (f"; {grown} new vocabulary rows" if grown else ""))
+    return out

@@ -146,7 +146,10 @@ class ImageProcessor:
         for k in ("image_mean", "image_std"):
             if k in kw:
                 kw[k] = tuple(kw[k])
-        return cls(**kw)
+        processor = cls(**kw)
+        if "extra" not in d:   # a checkpoint's own file (ours always write `extra`): an export writes it back
+            processor.source_path = path   # verbatim while the processor is unchanged (not a field)
+        return processor
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,6 +192,52 @@ class ByteTokenizer:
         if buf:
             out.append(buf.decode("utf-8", "replace"))
         return "".join(out)
+
+
+class HFTokenizer:
+    """A checkpoint's own `tokenizer.json` (Hugging Face `tokenizers`; Qwen2's byte-level BPE with its added
+    tokens), behind ByteTokenizer's interface: `token_id(name)` for MindVL's special-token names (`<eod>` and
+    `<pad>` are Qwen's `<|endoftext|>` unless the file has them by our names, the chat and vision tokens keep
+    their names), `encode`, `decode`,
+    `vocab_size` (ids including the added tokens), `pad_id`, `eod_id`. The file is read, never rewritten."""
+
+    ALIASES = {"<eod>": "<|endoftext|>", "<pad>": "<|endoftext|>"}
+
+    def __init__(self, path: str):
+        from tokenizers import Tokenizer
+
+        if not os.path.isfile(path):
+            raise ValueError(f"{path}: tokenizer.json not found; give the path of a checkpoint's tokenizer.json")
+        try:
+            self._tk = Tokenizer.from_file(path)
+        except Exception as err:   # the library raises its own exception type for a malformed file
+            raise ValueError(f"{path}: not a tokenizer.json the tokenizers library reads ({str(err)[:80]}); "
+                             "use the checkpoint's own file") from None
+        self._tk.no_padding()
+        self._tk.no_truncation()
+        self.path = path
+        self.vocab_size = self._tk.get_vocab_size(with_added_tokens=True)
+        missing = [t for t in SPECIAL_TOKENS if self.token_id(t) is None]
+        if missing:
+            raise ValueError(f"{path}: no {self.ALIASES.get(missing[0], missing[0])} token; MindVL needs "
+                             f"{', '.join(sorted({self.ALIASES.get(t, t) for t in SPECIAL_TOKENS}))} "
+                             "(a Qwen2-VL / Qwen2.5-VL tokenizer has them)")
+        self.pad_id, self.eod_id = self.token_id("<pad>"), self.token_id("<eod>")
+
+    def token_id(self, name: str) -> int | None:
+        found = self._tk.token_to_id(name)
+        return found if found is not None else self._tk.token_to_id(self.ALIASES.get(name, name))
+
+    def encode(self, text: str) -> list[int]:
+        return self._tk.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids) -> str:
+        return self._tk.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+def data_tokenizer(tokenizer_json: str = ""):
+    """The tokenizer of MindVL data: a checkpoint's tokenizer.json (HFTokenizer) or, by default, ByteTokenizer."""
+    return HFTokenizer(tokenizer_json) if tokenizer_json else ByteTokenizer()
 
 
 IMAGE_PLACEHOLDER = "<image>"

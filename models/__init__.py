@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import difflib
 
-from mindvl.spec import SPEC as MINDVL
+from mindvl.spec import PANGU_SPEC as MINDVL_PANGU, SPEC as MINDVL
 from pangu.decoders import DECODERS
 from pangu.spec import ModelSpec
 
-SPECS: dict[str, ModelSpec] = {**DECODERS, MINDVL.name: MINDVL}
+SPECS: dict[str, ModelSpec] = {**DECODERS, MINDVL.name: MINDVL, MINDVL_PANGU.name: MINDVL_PANGU}
 
 
 def arch_names() -> list[str]:
@@ -32,7 +32,10 @@ def get_spec(arch: str) -> ModelSpec:
 
 
 def spec_of(cfg) -> ModelSpec:
-    """The spec whose config class `cfg` is an instance of."""
+    """The spec whose config class `cfg` is (exactly, else an instance of: a subclass's own spec wins)."""
+    for spec in SPECS.values():
+        if type(cfg) is spec.config_cls:
+            return spec
     for spec in SPECS.values():
         if isinstance(cfg, spec.config_cls):
             return spec

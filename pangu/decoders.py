@@ -3,9 +3,10 @@
 The registry of every architecture, MindVL included, is `models` (one level up the stack).
 """
 from pangu.pro_moe.spec import SPEC as PRO_MOE
+from pangu.qwen2.spec import SPEC as QWEN2
 from pangu.ultra_moe.spec import SPEC as ULTRA_MOE
 
-DECODERS = {spec.name: spec for spec in (PRO_MOE, ULTRA_MOE)}
+DECODERS = {spec.name: spec for spec in (QWEN2, PRO_MOE, ULTRA_MOE)}
 
 
 def get_decoder(name: str):

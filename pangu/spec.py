@@ -76,6 +76,8 @@ class ModelSpec:
     evaluate: Optional[Callable] = None               # (model, dataset) -> {metric: value} at every evaluation
     forward_inputs: Optional[Callable] = None         # (cfg, ids, pixel_values, grid_thw) -> model(...)'s numpy
                                                       # inputs for one sequence (None: a text model's three)
+    init_from_state: Optional[Callable] = None        # (cfg, init_from tensors, {name: Parameter}, log) -> the
+                                                      # tensors to load (MindVL: a text decoder's checkpoint)
 
     @property
     def layouts(self) -> dict:

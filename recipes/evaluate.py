@@ -93,7 +93,7 @@ def resolution_search(run, budgets, data=None, log=print) -> str:
     record of all scores) into the run directory and returns its path."""
     import mindvl.evaluate as vl_eval
 
-    if run.spec.name != "mindvl":
+    if run.spec.data_config_cls is None:   # MindVL (mindvl, mindvl_pangu): the image data hooks
         raise ValueError(f"--resolution-search: {run.run_dir} is a {run.spec.name} run; the search needs a "
                          "MindVL run (e.g. runs/sft_tiny)")
     data = data or run.recipe.data

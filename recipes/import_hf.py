@@ -7,10 +7,12 @@ from_hf, strict about missing / unexpected / mis-shaped tensors) and are written
 tokenizer.model when the export has one) + DIR/checkpoints/step_00000000/. Use DIR as `init_from` of a
 recipe, or with recipes.evaluate / recipes.export.
 
-MindVL (model_type qwen2_5_vl): the tokenizer files must describe MindVL's ByteTokenizer
-(mindvl.convert.load_tokenizer; any other tokenizer is refused in one line), preprocessor_config.json is
-copied into DIR (with its resolution-search record; exporting DIR again writes the same file) and its
-min/max_pixels become the run's data budget.
+A checkpoint with only a tokenizer.json (Qwen2 / Qwen2.5) gets it copied and named by data.tokenizer_model (read
+with the `tokenizers` library). MindVL (model_type qwen2_5_vl, or mindvl_pangu): its tokenizer.json is MindVL's
+ByteTokenizer or the checkpoint's own tokenizer (copied into DIR with its companion files and named by
+data.tokenizer_json; one lacking MindVL's special tokens, or whose vision token ids disagree with config.json, is
+refused in one line); preprocessor_config.json is copied into DIR (with its resolution-search record; exporting
+DIR again writes the same file) and its min/max_pixels become the run's data budget.
 """
 
 from __future__ import annotations

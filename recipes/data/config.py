@@ -35,7 +35,9 @@ class DataConfig:
     tasks: tuple[str, ...] = TASKS  # source=synthetic|sft: task mix, sampled uniformly; repeat a name to weight it
     max_examples_per_document: int = 4  # source=synthetic: a document holds 1..N examples of one task
     vocab_size: int = 256  # upper bound on tokenizer pieces; the trained one is smaller if the corpus has fewer
-    tokenizer_model: Optional[str] = None  # sentencepiece .model to use instead of training one (required for shards)
+    # sentencepiece .model (or a Hugging Face tokenizer.json: recipes.data.tokenizer.JsonTokenizer) to use instead of
+    # training one (required for shards)
+    tokenizer_model: Optional[str] = None
     seq_length: int = 128  # tokens per packed row (the model's training sequence length)
     seed: int = 1234  # corpus generation and the jsonl held-out pick (batch order takes its own seed)
     skip_bad_lines: bool = False  # source=jsonl|chat_jsonl: skip malformed lines with a warning instead of stopping

@@ -44,7 +44,7 @@ from recipes.data.order import ShuffledOrder
 from recipes.data.shards import ShardDataset, ValDocuments
 from recipes.data.storage import digest, read_rows, write_rows
 from recipes.data.synthetic import GENERATOR_VERSION, TASKS, generate_corpus
-from recipes.data.tokenizer import TRAINER_VERSION, Tokenizer, train_tokenizer
+from recipes.data.tokenizer import TRAINER_VERSION, Tokenizer, open_tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def _get_tokenizer(cfg: DataConfig, cache_dir: Path, corpus: _Corpus) -> Tokeniz
                 f"data.tokenizer_model={cfg.tokenizer_model}: file not found; "
                 "give a sentencepiece .model file or leave data.tokenizer_model unset to train one"
             )
-        return Tokenizer(cfg.tokenizer_model)
+        return open_tokenizer(cfg.tokenizer_model)
     key = digest({"trainer": TRAINER_VERSION, "vocab_size": cfg.vocab_size, "corpus": corpus.tokenizer_fingerprint()})
     path = cache_dir / f"tokenizer-{key[:16]}.model"
     if path.is_file():

@@ -80,6 +80,65 @@ class Tokenizer:
         return self._sp.id_to_piece(int(token_id))
 
 
+class JsonTokenizer:
+    """A Hugging Face `tokenizer.json` (the `tokenizers` library: byte-level BPE of Qwen2 / Qwen2.5, or MindVL's
+    byte tokenizer) with the same attributes as `Tokenizer`, so text runs can train with a checkpoint's own
+    tokenizer (`data.tokenizer_model: path/tokenizer.json`). Special ids by piece: end of document `<eod>` or
+    `<|endoftext|>` (required), pad `<pad>` (else the end-of-document id: padding is masked), bos `<bos>`,
+    unk `<unk>` (else -1), the chat tokens `<|user|>` / `<|assistant|>` (else None)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self.model_path = Path(path)
+        raw = self.model_path.read_bytes()
+        self.sha256 = hashlib.sha256(raw).hexdigest()
+        try:
+            self._tk = HFTokenizer.from_str(raw.decode("utf-8"))
+        except Exception as err:   # the library raises its own exception type for a malformed file
+            raise ValueError(f"data.tokenizer_model={path}: not a tokenizer.json the tokenizers library reads "
+                             f"({str(err)[:80]}); give the checkpoint's own file") from None
+        self._tk.no_padding()
+        self._tk.no_truncation()
+        self.vocab_size: int = self._tk.get_vocab_size(with_added_tokens=True)
+        eod = self._first("<eod>", "<|endoftext|>")
+        if eod is None:
+            raise ValueError(f"data.tokenizer_model={path}: no <eod> or <|endoftext|> token to end documents; "
+                             "use a tokenizer that has one")
+        self.eod_id: int = eod
+        self.pad_id: int = self._first("<pad>") if self._first("<pad>") is not None else eod
+        self.bos_id: int = self._first("<bos>") if self._first("<bos>") is not None else -1
+        self.unk_id: int = self._first("<unk>") if self._first("<unk>") is not None else -1
+        self.user_id: int | None = self._first(USER_TOKEN)
+        self.assistant_id: int | None = self._first(ASSISTANT_TOKEN)
+
+    def _first(self, *pieces: str) -> int | None:
+        for piece in pieces:
+            found = self._tk.token_to_id(piece)
+            if found is not None:
+                return found
+        return None
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text` (no special tokens added; the packer appends eod)."""
+        return self._tk.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self._tk.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of `ids`; special tokens (pad, eod) decode to nothing, as sentencepiece's control pieces."""
+        return self._tk.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def id_to_piece(self, token_id: int) -> str:
+        return self._tk.id_to_token(int(token_id))
+
+
+def open_tokenizer(path: str | os.PathLike):
+    """`data.tokenizer_model`: a sentencepiece .model (Tokenizer) or a Hugging Face tokenizer.json (JsonTokenizer)."""
+    return JsonTokenizer(path) if str(path).endswith(".json") else Tokenizer(path)
+
+
 def _training_sentences(texts: Sequence[str], seed: int) -> list[str]:
     """Documents cut into chunks the trainer accepts, subsampled with `seed` if there are too many."""
     chunks = [t[i : i + _CHUNK_CHARS] for t in texts for i in range(0, len(t), _CHUNK_CHARS)]

@@ -296,7 +296,10 @@ class Trainer:
     def _load_init(self, path: str) -> None:
         source = ckpt_lib.resolve_init_from(path)
         tensors = ckpt_lib.load_tensors(source, ckpt_lib.MODEL_FILE)
-        self._load_tensors(list(self.model.get_parameters()), tensors, f"init_from {source}")
+        params = list(self.model.get_parameters())
+        if self.spec.init_from_state is not None:   # an arch that starts from another's checkpoint (MindVL: an LLM)
+            tensors = self.spec.init_from_state(self.model_cfg, tensors, {p.name: p for p in params}, self.log)
+        self._load_tensors(params, tensors, f"init_from {source}")
         self.log(f"initialised from {source}")
         # a model imported from a serving directory keeps that directory's files across stages, so the
         # export of this run writes the source's config keys, special-token ids and tokenizer files

@@ -42,7 +42,8 @@ DEFAULT_SHARD_SIZE = "2GB"
 # (or a run initialised from it) writes the same config keys, special-token ids and tokenizer files.
 HF_SOURCE = "hf_source"
 SOURCE_FILES = ("config.json", "generation_config.json", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-                "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja")
+                "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja",
+                "chat_template.json")
 
 
 # ---------------------------------------------------------------------------------------------- shards
@@ -103,10 +104,12 @@ def token_ids(tokenizer) -> dict:
 
 
 def write_tokenizer(tokenizer, out: str, max_length: int) -> None:
-    """tokenizer.model + tokenizer_config.json + special_tokens_map.json (sentencepiece, Llama-style)."""
+    """tokenizer.model + tokenizer_config.json + special_tokens_map.json (sentencepiece, Llama-style); a run that
+    trained with a tokenizer.json (JsonTokenizer) gets that file as it is and a PreTrainedTokenizerFast config."""
     from recipes.data.tokenizer import CHAT_TOKENS
 
-    shutil.copyfile(tokenizer.model_path, os.path.join(out, "tokenizer.model"))
+    is_json = str(tokenizer.model_path).endswith(".json")
+    shutil.copyfile(tokenizer.model_path, os.path.join(out, "tokenizer.json" if is_json else "tokenizer.model"))
     piece = tokenizer.id_to_piece
 
     def special(i):
@@ -122,10 +125,12 @@ def write_tokenizer(tokenizer, out: str, max_length: int) -> None:
     config = {
         # LlamaTokenizer is transformers' plain sentencepiece wrapper; legacy=True keeps encode() == our ids
         "tokenizer_class": "LlamaTokenizer", "legacy": True, "add_bos_token": False, "add_eos_token": False,
-        "clean_up_tokenization_spaces": False, "model_max_length": max_length, "sp_model_kwargs": {},
-        **{k: v for k, v in specials.items() if v is not None},
+    } if not is_json else {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False, "add_eos_token": False}
+    config.update({
+        "clean_up_tokenization_spaces": False, "model_max_length": max_length,
+        **({} if is_json else {"sp_model_kwargs": {}}), **{k: v for k, v in specials.items() if v is not None},
         "additional_special_tokens": chat, "added_tokens_decoder": added,
-    }
+    })
     if len(chat) == 2:  # recipes.data.sft.render: <|user|>text<|assistant|>text ...
         config["chat_template"] = (
             "{% for message in messages %}{% if message['role'] == 'user' %}" + chat[0] + "{% else %}"
@@ -364,10 +369,13 @@ def import_to_run(hf_dir: str, out: str, overwrite: bool = False, log=print) -> 
     raw = {"description": f"imported from {os.path.abspath(hf_dir)}",
            "model": {"arch": spec.name, "preset": "tiny", **_plain(dataclasses.asdict(cfg))},
            "run": {"root": os.path.dirname(os.path.abspath(out)), "name": os.path.basename(os.path.normpath(out))}}
-    tokenizer = os.path.join(hf_dir, "tokenizer.model")
-    if os.path.isfile(tokenizer):
-        shutil.copyfile(tokenizer, os.path.join(out, "tokenizer.model"))
-        raw["data"] = {"tokenizer_model": os.path.abspath(os.path.join(out, "tokenizer.model"))}
+    # the text data tokenizer: the checkpoint's sentencepiece model, else its tokenizer.json (Qwen2's byte-level
+    # BPE, read by recipes.data.tokenizer.JsonTokenizer); an arch with asset hooks reads its own (MindVL)
+    names = ("tokenizer.model",) if spec.serving.read_assets is not None else ("tokenizer.model", "tokenizer.json")
+    tokenizer = next((n for n in names if os.path.isfile(os.path.join(hf_dir, n))), None)
+    if tokenizer is not None:
+        shutil.copyfile(os.path.join(hf_dir, tokenizer), os.path.join(out, tokenizer))
+        raw["data"] = {"tokenizer_model": os.path.abspath(os.path.join(out, tokenizer))}
     if spec.serving.read_assets is not None:
         data = spec.serving.read_assets(hf_dir, out, cfg)
         if data:

@@ -88,8 +88,10 @@ def _load_serving(path: str, compute_dtype: str | None = None) -> LoadedModel:
     if spec.serving.serving_assets is not None:
         assets = spec.serving.serving_assets(path)
     else:
-        from recipes.data import Tokenizer
+        from recipes.data.tokenizer import open_tokenizer
 
-        model_file = os.path.join(path, "tokenizer.model")
-        assets = {"tokenizer": Tokenizer(model_file) if os.path.isfile(model_file) else None}
+        # sentencepiece tokenizer.model (ours, Pangu's) or a tokenizer.json only (Qwen2 / Qwen2.5: JsonTokenizer)
+        files = [os.path.join(path, n) for n in ("tokenizer.model", "tokenizer.json")]
+        found = next((f for f in files if os.path.isfile(f)), None)
+        assets = {"tokenizer": open_tokenizer(found) if found else None}
     return LoadedModel(model, cfg, spec, assets["tokenizer"], path, processor=assets.get("processor"))

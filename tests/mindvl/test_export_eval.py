@@ -6,8 +6,9 @@ import os
 import numpy as np
 import pytest
 
+import models
 from mindvl import convert
-from mindvl.config import PRESETS
+from mindvl.config import PANGU_PRESETS, PRESETS
 from mindvl.data import SyntheticDataset, encode_example
 from mindvl.evaluate import accuracy, at_budget, resolution_search
 from mindvl.model import build_model
@@ -39,9 +40,11 @@ def test_export_uses_serving_layout_and_round_trips(model, tmp_path):
     hf = load_export(tmp_path)
     assert hf["visual.patch_embed.proj.weight"].shape == (32, 3, 2, 14, 14)
     assert "visual.merger.mlp.2.bias" in hf and "visual.blocks.1.attn.qkv.bias" in hf
-    assert "model.layers.0.mlp.experts.3.up_proj.weight" in hf and "lm_head.weight" in hf
+    assert "model.layers.0.mlp.up_proj.weight" in hf and "model.layers.0.self_attn.k_proj.bias" in hf
+    assert "lm_head.weight" not in hf and "model.layers.0.self_attn.o_proj.bias" not in hf  # tiny Qwen2: tied
     cfg = json.load(open(os.path.join(tmp_path, "config.json")))
     assert cfg["model_type"] == "qwen2_5_vl" and cfg["vision_config"]["fullatt_block_indexes"] == [1]
+    assert cfg["architectures"] == ["Qwen2_5_VLForConditionalGeneration"] and "text_architectures" not in cfg
     assert sum(cfg["rope_scaling"]["mrope_section"]) == model.text_config.head_dim // 2
     assert ImageProcessor.load(str(tmp_path)).max_pixels == 112 * 112
     ours = {n: p.asnumpy() for n, p in model.parameters_and_names()}
@@ -94,12 +97,21 @@ def test_accuracy_counts_exact_matches(model):
     assert accuracy(model, samples, tk, 640, 192)["accuracy"] == 0.0        # untrained tiny model
 
 
-def test_export_round_trip_with_ultra_decoder(tmp_path):
-    cfg = PRESETS["tiny"]()
-    cfg.text_arch = "pangu_ultra_moe"
+@pytest.mark.parametrize("text_arch", ["pangu_pro_moe", "pangu_ultra_moe"])
+def test_export_round_trip_with_pangu_decoders_in_their_own_layout(tmp_path, text_arch):
+    cfg = PANGU_PRESETS["tiny"]()
+    cfg.text_arch = text_arch
     model = build_model(cfg, seed=2, attention_impl="reference")
     export(model, ImageProcessor(), str(tmp_path))
     hf = load_export(tmp_path)
+    conf = json.load(open(os.path.join(tmp_path, "config.json")))
+    assert (conf["architectures"], conf["model_type"]) == (["MindVLPanguForConditionalGeneration"], "mindvl_pangu")
+    assert conf["text_architectures"] == [models.get_spec(text_arch).serving.architecture]
+    with pytest.raises(ValueError, match="^text_arch: .* has no qwen2_5_vl export"):
+        convert.hf_config(cfg)
+    with pytest.raises(ValueError, match=r"^--layout: mindvl_pangu has no 'qwen2_5_vl' serving layout; use one of "
+                                         r"\['mindvl_pangu'\]"):
+        models.get_spec("mindvl_pangu").layout("qwen2_5_vl")
     assert hf["visual.patch_embed.proj.weight"].shape == (32, 3, 2, 14, 14)
     back = convert.from_hf(hf, cfg)
     ours = {n: p.asnumpy() for n, p in model.parameters_and_names()}

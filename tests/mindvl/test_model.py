@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from mindspore import Tensor
 
-from mindvl.config import PRESETS
+from mindvl.config import PANGU_PRESETS, PRESETS
 from mindvl.data import SyntheticDataset, collate, encode_example, pack, packing_efficiency
 from mindvl.model import MindVL, batch_args, build_model, mrope_tables
 from mindvl.processor import ByteTokenizer, ImageProcessor
@@ -81,12 +81,15 @@ def test_rows_of_a_batch_are_independent(setup):
         np.testing.assert_allclose(both[b], alone, atol=1e-5, rtol=1e-5)
 
 
-def test_ultra_decoder_plugs_in_with_interleaved_mrope(setup):
+@pytest.mark.parametrize("text_arch", ["pangu_pro_moe", "pangu_ultra_moe"])
+def test_pangu_decoders_plug_in_as_mindvl_pangu(setup, text_arch):
+    """mindvl_pangu: a Pangu MoE decoder (Ultra with interleaved M-RoPE on its rope dims)."""
     tk, samples, _ = setup
-    cfg = PRESETS["tiny"]()
-    cfg.text_arch, cfg.text_overrides = "pangu_ultra_moe", {"num_mtp_layers": 0}
+    cfg = PANGU_PRESETS["tiny"]()
+    cfg.text_arch, cfg.text_overrides = text_arch, ({"num_mtp_layers": 0} if text_arch == "pangu_ultra_moe" else {})
     model = build_model(cfg, seed=0, attention_impl="reference")
-    assert model.rope_layout == "interleaved" and sum(model.mrope_section) == model.rope_dim // 2
+    assert model.rope_layout == ("interleaved" if text_arch == "pangu_ultra_moe" else "rotate_half")
+    assert sum(model.mrope_section) == model.rope_dim // 2
     sub = samples[:2]
     packed = model(*batch_args(model, collate(sub, [[0, 1]], SEQ, PATCHES, tk))).asnumpy()[0]
     off = 0

@@ -69,7 +69,20 @@ def test_full_preset_matches_released_config_and_counts(arch, fixture):
     assert count_parameters(cfg)[0] == trained
 
 
-@pytest.mark.parametrize("arch", ["pangu_pro_moe", "pangu_ultra_moe", "mindvl"])
+def test_mindvl_full_preset_is_qwen2_5_vl_7b():
+    """`mindvl` at the full preset is the released Qwen2.5-VL-7B (8.29B parameters), read through its importer."""
+    cfg = registry_config("mindvl", "full")
+    released = models.get_spec("mindvl").serving.config_from_hf(fixture_config("mindvl_qwen2_5_vl_7b_layout"))
+    assert model_shape(cfg) == model_shape(released) and cfg.mrope() == released.mrope() == (16, 24, 24)
+    assert cfg.text_config() == released.text_config()
+    assert round(count_parameters(cfg)[0] / 1e9, 2) == 8.29
+    assert sum(math.prod(p.shape) for p in parameters(cfg)) == count_parameters(cfg)[0]
+
+
+ARCHS = ["pangu_pro_moe", "pangu_ultra_moe", "qwen2", "mindvl", "mindvl_pangu"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_tiny_parameter_shapes_equal_instantiated_model(arch):
     cfg = registry_config(arch, "tiny")
     model = models.build_model(cfg)
@@ -77,7 +90,7 @@ def test_tiny_parameter_shapes_equal_instantiated_model(arch):
     assert real == dict(parameter_shapes(cfg))
 
 
-@pytest.mark.parametrize("arch", ["pangu_pro_moe", "pangu_ultra_moe", "mindvl"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_every_parameter_declares_logical_axes_from_the_vocabulary(arch):
     """One declaration: axes come from where each parameter is created, named from one vocabulary."""
     vocabulary = {line.split()[0] for line in LAYERS_DOC.splitlines()[1:]

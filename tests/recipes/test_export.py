@@ -1,6 +1,7 @@
 """Serving export and import: MODELS.md layouts (names, shapes, config keys), shards + index, bf16 bits,
 exact export -> import round trips (tensors and logits), strict import errors, MINDIR, the CLI.
-Pangu Pro / Ultra (text) and MindVL (Qwen2.5-VL layout: multimodal logits, tokenizer + processor files)."""
+Pangu Pro / Ultra and Qwen2 (text), MindVL (Qwen2.5-VL layout: multimodal logits, tokenizer + processor files)
+and MindVL with a Pangu decoder (its own mindvl_pangu layout)."""
 
 import dataclasses
 import json
@@ -19,8 +20,9 @@ from recipes.io import safetensors_io
 from recipes.engine.config import dump_yaml, load_recipe
 from recipes.data import DataConfig, load_tokenizer
 
-ARCHS = ("pangu_pro_moe", "pangu_ultra_moe")
-ALL_ARCHS = ARCHS + ("mindvl",)
+ARCHS = ("pangu_pro_moe", "pangu_ultra_moe", "qwen2")
+VL_ARCHS = ("mindvl", "mindvl_pangu")
+ALL_ARCHS = ARCHS + VL_ARCHS
 VL_SEQ, VL_PATCHES = 256, 96  # a MindVL batch row: tokens, patch slots
 
 
@@ -30,10 +32,8 @@ def tokenizer():
 
 
 def tiny(arch, tok, **kw):
-    if arch == "mindvl":
-        from mindvl.config import PRESETS
-
-        return dataclasses.replace(PRESETS["tiny"](), vocab_size=tok.vocab_size, **kw)
+    if arch in VL_ARCHS:
+        return dataclasses.replace(models.get_spec(arch).presets["tiny"](), vocab_size=tok.vocab_size, **kw)
     return models.get_config(arch, "tiny", vocab_size=tok.vocab_size, **kw)
 
 
@@ -41,7 +41,7 @@ def tokenizer_of(arch, text_tokenizer):
     """What a run of `arch` trains with: MindVL's ByteTokenizer, the text models' sentencepiece model."""
     from mindvl.processor import ByteTokenizer
 
-    return ByteTokenizer() if arch == "mindvl" else text_tokenizer
+    return ByteTokenizer() if arch in VL_ARCHS else text_tokenizer
 
 
 def build(arch, cfg, seed):
@@ -50,7 +50,7 @@ def build(arch, cfg, seed):
 
 def same_config(arch, a, b):
     """Imported MindVL configs spell the decoder as full text_overrides: compare what they describe."""
-    if arch == "mindvl":
+    if arch in VL_ARCHS:
         to_hf = models.get_spec(arch).serving.config_to_hf
         return to_hf(a) == to_hf(b) and a.text_config() == b.text_config()
     return a == b
@@ -107,7 +107,7 @@ def model_vocab(model):
 
 def any_logits(arch, model):
     """Text: two rows (one with two documents); MindVL: a packed multimodal batch."""
-    return vl_logits(model, vl_batch()) if arch == "mindvl" else logits(model)
+    return vl_logits(model, vl_batch()) if arch in VL_ARCHS else logits(model)
 
 
 def read_all(directory):
@@ -200,7 +200,26 @@ def expected_mindvl(c):
     return names
 
 
-EXPECTED = {"pangu_pro_moe": expected_pro, "pangu_ultra_moe": expected_ultra, "mindvl": expected_mindvl}
+def expected_qwen2(c):
+    """Qwen2ForCausalLM (MODELS.md): biases on q/k/v only, dense SwiGLU, lm_head unless tied."""
+    H, V, F, D = c.hidden_size, c.vocab_size, c.intermediate_size, c.head_dim
+    Q, KV = c.num_attention_heads * D, c.num_key_value_heads * D
+    names = {"model.embed_tokens.weight": (V, H), "model.norm.weight": (H,)}
+    if not c.tie_word_embeddings:
+        names["lm_head.weight"] = (V, H)
+    for n in range(c.num_hidden_layers):
+        p = f"model.layers.{n}."
+        names.update({p + "input_layernorm.weight": (H,), p + "post_attention_layernorm.weight": (H,),
+                      p + "self_attn.q_proj.weight": (Q, H), p + "self_attn.q_proj.bias": (Q,),
+                      p + "self_attn.k_proj.weight": (KV, H), p + "self_attn.k_proj.bias": (KV,),
+                      p + "self_attn.v_proj.weight": (KV, H), p + "self_attn.v_proj.bias": (KV,),
+                      p + "self_attn.o_proj.weight": (H, Q), p + "mlp.gate_proj.weight": (F, H),
+                      p + "mlp.up_proj.weight": (F, H), p + "mlp.down_proj.weight": (H, F)})
+    return names
+
+
+EXPECTED = {"pangu_pro_moe": expected_pro, "pangu_ultra_moe": expected_ultra, "qwen2": expected_qwen2,
+            "mindvl": expected_mindvl, "mindvl_pangu": expected_mindvl}
 
 
 # --------------------------------------------------------------------------------------- round trip
@@ -212,7 +231,7 @@ def test_export_import_round_trip_is_exact(arch, tokenizer, tmp_path):
     want = any_logits(arch, model)
     out = str(tmp_path / "hf")
     index = hfio.export_state(cfg, state_of(model), out, tok, "fp32", "40KB", log=lambda *_: None,
-                                processor=vl_processor() if arch == "mindvl" else None)
+                                processor=vl_processor() if arch in VL_ARCHS else None)
 
     # exactly the MODELS.md names and [out, in] shapes, all F32, readable by the safetensors library
     found = read_all(out)
@@ -261,6 +280,11 @@ def test_config_and_tokenizer_files(tokenizer, tmp_path):
             keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                     "rms_norm_eps", "rope_theta", "moe_intermediate_size", "shared_expert_intermediate_size",
                     "num_experts", "num_experts_per_tok", "router_aux_loss_coef", "tie_word_embeddings")
+        elif arch == "qwen2":
+            assert conf["architectures"] == ["Qwen2ForCausalLM"] and conf["model_type"] == "qwen2"
+            assert conf["use_sliding_window"] is False and conf["hidden_act"] == "silu" and "head_dim" not in conf
+            keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                    "num_key_value_heads", "rms_norm_eps", "rope_theta", "tie_word_embeddings")
         else:
             assert conf["architectures"] == ["PanguUltraMoEForCausalLM"] and conf["model_type"] == "pangu_ultra_moe"
             assert conf["sandwich_norm"] is True and conf["num_nextn_predict_layers"] == cfg.num_mtp_layers
@@ -366,6 +390,11 @@ STRICT_CASES = {
          "tensor visual.patch_embed.proj.weight has shape (32, 3, 2, 14, 13), config.json implies (32, 3, 2, 14, 14)"),
         (lambda t: t.update({"visual.blocks.2.norm1.weight": np.zeros(32, np.float32)}),  # depth is 2
          "unexpected tensor visual.blocks.2.norm1.weight"),
+        (lambda t: t.pop("model.layers.1.mlp.up_proj.weight"), "missing tensor model.layers.1.mlp.up_proj.weight"),
+        (lambda t: t.update({"model.layers.0.self_attn.o_proj.bias": np.zeros(64, np.float32)}),   # Qwen2: no o bias
+         "unexpected tensor model.layers.0.self_attn.o_proj.bias"),
+    ],
+    "mindvl_pangu": [
         (lambda t: t.pop("model.layers.1.mlp.experts.3.up_proj.weight"),
          "missing tensor model.layers.1.mlp.experts.3.up_proj.weight"),
     ],
@@ -410,7 +439,7 @@ def make_run(tmp_path, tokenizer, arch="pangu_pro_moe", name="run"):
     dump_yaml(recipe, cfg, str(run / "config.yaml"))
     model = build(arch, cfg, 2)
     ck.save(str(run / "checkpoints"), 7, state_of(model), None, {"step": 7}, keep_last=2)
-    if arch == "mindvl":
+    if arch in VL_ARCHS:
         vl_processor().save(str(run))
     return str(run), cfg, model
 
@@ -569,9 +598,10 @@ def test_mindvl_run_export_files_and_mindir(tokenizer, tmp_path, capsys):
     assert assets["processor"] == recipe.data.processor() and assets["processor"].extra == {}
 
 
-def test_mindvl_assets_refuse_foreign_tokenizer_and_processor(tokenizer, tmp_path):
-    """One-line errors: a tokenizer.json that is not the ByteTokenizer, a processor whose patches do not
-    fit the ViT (on export and on import)."""
+def test_mindvl_assets_keep_a_foreign_tokenizer_and_refuse_a_foreign_processor(tokenizer, tmp_path):
+    """A tokenizer.json that is not the ByteTokenizer is the imported run's own tokenizer (read by the `tokenizers`
+    library); one without MindVL's special tokens, or a processor whose patches do not fit the ViT (on export and
+    on import), is refused in one line."""
 
     from mindvl.processor import ByteTokenizer, ImageProcessor
 
@@ -590,10 +620,23 @@ def test_mindvl_assets_refuse_foreign_tokenizer_and_processor(tokenizer, tmp_pat
     tj["model"]["vocab"]["a"], tj["model"]["vocab"]["b"] = tj["model"]["vocab"]["b"], tj["model"]["vocab"]["a"]
     with open(path, "w", encoding="utf-8") as f:
         json.dump(tj, f)
+    from mindvl.processor import HFTokenizer
+    from recipes.io import rundir
+
+    hfio.import_to_run(out, str(tmp_path / "ours"), log=lambda *_: None)
+    recipe, _ = rundir.load_run_config(str(tmp_path / "ours"))
+    tk = models.get_spec("mindvl").build_dataset(recipe.data, "val").tokenizer
+    byte = ByteTokenizer()
+    assert isinstance(tk, HFTokenizer) and tk.encode("ab") == byte.encode("ba") and tk.eod_id == byte.eod_id
+    del tj["added_tokens"][1]                                           # <eod>
+    tj["model"]["vocab"].pop("<eod>")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(tj, f)
     with pytest.raises(ValueError) as err:
-        hfio.import_to_run(out, str(tmp_path / "ours"), log=lambda *_: None)
-    assert str(err.value).endswith("tokenizer.json: model differs from MindVL's ByteTokenizer (byte-level, ids = "
-                                   "byte + 7, 7 special tokens); this tokenizer cannot be rebuilt here")
+        hfio.import_to_run(out, str(tmp_path / "ours_no_eod"), log=lambda *_: None)
+    assert str(err.value).endswith("tokenizer.json: no <|endoftext|> token; MindVL needs <|endoftext|>, <|im_end|>, "
+                                   "<|im_start|>, <|image_pad|>, <|vision_end|>, <|vision_start|> (a Qwen2-VL / "
+                                   "Qwen2.5-VL tokenizer has them)")
     assert "\n" not in str(err.value)
     out = str(tmp_path / "hf2")
     hfio.export_state(cfg, state, out, ByteTokenizer(), processor=vl_processor(), log=lambda *_: None)

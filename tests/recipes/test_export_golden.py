@@ -6,7 +6,11 @@ updates this table in the same commit, saying why.
 Changes: (1) Ultra config.json gained the keys every serving loader reads (both spellings of the MLA and
 MoE sizes, router_enable_expert_bias, rope_interleave, num_key_value_heads, hidden_act, DeepSeek's routing
 keys); (2) the MindVL tiny recipes' decoder went from 8 heads of 32 to 4 heads of 32 in hidden 128 (head_dim =
-hidden / heads, which the layout's loaders assume), so its weights and configs changed."""
+hidden / heads, which the layout's loaders assume), so its weights and configs changed; (3) issue 16: `mindvl`
+is MindVL in the real Qwen2.5-VL layout, with the dense Qwen2 decoder (new weights, index and the stock
+config.json keys); the Pangu-decoder MindVL is `mindvl_pangu` (recipes/mindvl/pangu_multitask_tiny.yaml): its
+weights and index are byte-for-byte the former `mindvl` ones (f6c0a93b.., ba0ccf50..), only its config.json
+changed (architectures MindVLPanguForConditionalGeneration, model_type mindvl_pangu); `qwen2` added (text)."""
 import dataclasses
 import hashlib
 import os
@@ -24,11 +28,19 @@ RUNS = {  # arch -> (recipe, overrides): Ultra with the aux-loss-free bias (its 
     "pangu_pro_moe": ("recipes/pangu_pro_moe/pretrain_tiny.yaml", []),
     "pangu_ultra_moe": ("recipes/pangu_ultra_moe/pretrain_tiny.yaml", ["model.router_bias_update_rate=0.001"]),
     "mindvl": ("recipes/mindvl/sft_tiny.yaml", ["init_from=null"]),
+    "mindvl_pangu": ("recipes/mindvl/pangu_multitask_tiny.yaml", []),
+    "qwen2": ("recipes/qwen2/pretrain_tiny.yaml", []),
 }
 TEXT_TOKENIZER = {
     "special_tokens_map.json": "fc343a35a171c9a763b4d07fcf79d9c99cd9af6786e69f765834acbd86458add",
     "tokenizer.model": "a46f5a91ee67b16a3349cf67821807ae219a46ec1add713d8e4bf004b4064c5e",
     "generation_config.json": "9f30619cfd0661df67c4f2369d0d411fbe5ed24f769fd6198ff05cd39885e8fc",
+}
+MINDVL_ASSETS = {
+    "preprocessor_config.json": "96f7a202f0ecddbc7741709afe816053c555333b9ae99bb2ba09580607307ad2",
+    "special_tokens_map.json": "542a9529bd92114b36eec8ad5bac8030a1a60d00ead08c440598481dc7134444",
+    "tokenizer.json": "29bc89c9cd68cedd4cd5c75e8d2a92b942ba7461a34b0e22437c17ab1f90bbde",
+    "tokenizer_config.json": "ae1f7e1e10c0c7003aa0eb203012669a384b36944bd3ff582730d1fd1f3393e7",
 }
 GOLDEN = {
     "pangu_pro_moe": {
@@ -46,14 +58,25 @@ GOLDEN = {
         "tokenizer_config.json": "4d1fb3b322545ab2d9eed0a4c7eea4e8192eb7d17577796d7bad3897fd3ab368",
     },
     "mindvl": {
-        "config.json": "294d4507fb2b0d99a15358055281b5f11446e3672fa6a2502be31edcc3f2c4e2",
+        "config.json": "215de71b109b060ee264ff26f7ced6d81ffc191bc62404a67cce5e6872cec46d",
+        "generation_config.json": "508afd55c21cdc09e69bb3824616a9251c019c2a2c7e713b5dcac8c5bf745fb5",
+        "model-00001-of-00001.safetensors": "58b36cc10039cd5af86e2d4a26adf45a8dd14df99cd284f6d281db07268bff0f",
+        "model.safetensors.index.json": "b95a175a0c77724b9dcebbb4eae8d353c2abd268ddefff890820951a04b3810c",
+        **MINDVL_ASSETS,
+    },
+    "mindvl_pangu": {
+        "config.json": "e29b8e5fe8e4d0a8ac31de36f4748ec628664b3b0432ed18455ad4d682801dca",
         "generation_config.json": "508afd55c21cdc09e69bb3824616a9251c019c2a2c7e713b5dcac8c5bf745fb5",
         "model-00001-of-00001.safetensors": "f6c0a93b39d3a8b15b5ef10833ee98bef5dac3d4c085c36a203bc44f27cdac04",
         "model.safetensors.index.json": "ba0ccf501a7be66a4ca922c98efd99938e5e875e13b223d23fbf2edeca7d27ae",
-        "preprocessor_config.json": "96f7a202f0ecddbc7741709afe816053c555333b9ae99bb2ba09580607307ad2",
-        "special_tokens_map.json": "542a9529bd92114b36eec8ad5bac8030a1a60d00ead08c440598481dc7134444",
-        "tokenizer.json": "29bc89c9cd68cedd4cd5c75e8d2a92b942ba7461a34b0e22437c17ab1f90bbde",
-        "tokenizer_config.json": "ae1f7e1e10c0c7003aa0eb203012669a384b36944bd3ff582730d1fd1f3393e7",
+        **MINDVL_ASSETS,
+    },
+    "qwen2": {
+        **TEXT_TOKENIZER,
+        "config.json": "65d40228f2d3f52030e69df03f77cb61e934f087710e0d7233aa8718456f7e3f",
+        "model-00001-of-00001.safetensors": "a429ff5526639880eea6d483378f4ec6d8df6c6f93b839cb6ea2c7ffeb61d11c",
+        "model.safetensors.index.json": "72b785efd2236b310399b119caae77db3ef7b5722188b415e86343772109542c",
+        "tokenizer_config.json": "9101f7d824bec7b587a06e5d44cda8646095636f7ddefb2c60554a35f4eda688",
     },
 }
 

@@ -95,6 +95,15 @@ def exported_tensors(directory):
     return {k: v for shard in shards for k, v in load_file(os.path.join(directory, shard)).items()}
 
 
+def assert_reimport_identical(run, exported, again):
+    """import -> export -> import: the second import's checkpoint file has the first one's bytes."""
+    hf.import_to_run(exported, again, log=lambda *_: None)
+    first = ck.latest_valid(os.path.join(run, "checkpoints")).path
+    second = ck.latest_valid(os.path.join(again, "checkpoints")).path
+    with open(os.path.join(first, ck.MODEL_FILE), "rb") as a, open(os.path.join(second, ck.MODEL_FILE), "rb") as b:
+        assert a.read() == b.read()
+
+
 def test_deepseek_v3_checkpoint_imports_matches_numpy_and_exports_back(tmp_path):
     tensors = deepseek_tensors(DS_CONFIG)
     src = write_checkpoint(str(tmp_path / "ds"), DS_CONFIG, tensors)
@@ -121,12 +130,7 @@ def test_deepseek_v3_checkpoint_imports_matches_numpy_and_exports_back(tmp_path)
     for name in tensors:
         np.testing.assert_array_equal(back[name], tensors[name], err_msg=name)
     assert sorted(os.listdir(out)) == ["config.json", "model-00001-of-00001.safetensors", hf.INDEX_FILE]
-    again = str(tmp_path / "run2")
-    hf.import_to_run(out, again, log=lambda *_: None)       # import -> export -> import: identical bytes
-    first = ck.latest_valid(os.path.join(run, "checkpoints")).path
-    second = ck.latest_valid(os.path.join(again, "checkpoints")).path
-    with open(os.path.join(first, ck.MODEL_FILE), "rb") as a, open(os.path.join(second, ck.MODEL_FILE), "rb") as b:
-        assert a.read() == b.read()
+    assert_reimport_identical(run, out, str(tmp_path / "run2"))
 
 
 def test_ultra_export_writes_every_key_the_serving_loaders_read(tmp_path):

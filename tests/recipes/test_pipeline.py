@@ -3,6 +3,7 @@ exact-match evaluation, then an average stage), and resuming (a re-run skips com
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -91,7 +92,7 @@ def _train_recipe(stage):
     return load_recipe(stage.recipe, ["init_from=null", *stage.overrides])[0]
 
 
-@pytest.mark.parametrize("model", ["pangu_pro_moe", "pangu_ultra_moe", "mindvl"])
+@pytest.mark.parametrize("model", ["pangu_pro_moe", "pangu_ultra_moe"])
 def test_model_pipeline_specs_chain(model):
     """recipes/<model>/pipeline.yaml: train stages chained by init_from, then average <- last train stage,
     export <- average; recipes resolve with the stage overrides; distinct run names; the averaged run keeps
@@ -113,18 +114,31 @@ def test_model_pipeline_specs_chain(model):
     assert spec.eval_data_from and os.path.isfile(spec.eval_data_from)
 
 
-def test_mindvl_pipeline_is_scored_by_the_arch_hook():
-    """MindVL: its own run names (never the hand-run runs/*_tiny), evaluated stages multitask/sft/average,
-    scored through its ModelSpec's `evaluate` hook on the SFT recipe's validation split."""
+@pytest.mark.parametrize("name, text", [("pipeline.yaml", True), ("pipeline_scratch.yaml", False)])
+def test_mindvl_pipeline_is_scored_by_the_arch_hook(name, text):
+    """MindVL: the Qwen2 decoder pre-trained on text first (pipeline.yaml; pipeline_scratch.yaml is the control
+    without it), warm-up from it, multitask, SFT at two sequence lengths from the same multitask model, their
+    uniform average; its own run names (never the hand-run runs/*_tiny), scored through its ModelSpec's
+    `evaluate` hook on the SFT recipe's validation split."""
     import models
     from recipes.engine.config import load_recipe
 
-    spec = load_spec(os.path.join(REPO, "recipes", "mindvl", "pipeline.yaml"))
-    assert [s.name for s in spec.stages] == ["warmup", "multitask", "sft", "average", "search", "export"]
-    assert [s.name for s in spec.stages if s.evaluate] == ["multitask", "sft", "average"]
-    train = [s for s in spec.stages if s.type == "train"]
-    assert [os.path.basename(s.recipe) for s in train] == ["warmup_tiny.yaml", "multitask_tiny.yaml", "sft_tiny.yaml"]
-    assert [_train_recipe(s).run.name for s in train] == ["mindvl_warmup", "mindvl_multitask", "mindvl_sft"]
+    spec = load_spec(os.path.join(REPO, "recipes", "mindvl", name))
+    stages = ["warmup", "multitask", "sft", "sft_384", "average"]
+    assert [s.name for s in spec.stages] == (["text"] if text else []) + stages + (["search", "export"] if text else [])
+    assert [s.name for s in spec.stages if s.evaluate] == ["multitask", "sft", "sft_384", "average"]
+    train = {s.name: s for s in spec.stages if s.type == "train"}
+    assert [train[n].init_from for n in stages[:4]] == ["text" if text else None, "warmup", "multitask", "multitask"]
+    recipes = {n: _train_recipe(s) for n, s in train.items()}
+    assert len({r.run.name for r in recipes.values()}) == len(train)
+    assert (recipes["sft"].data.seq_length, recipes["sft_384"].data.seq_length) == (512, 384)
+    average = spec.stages[[s.name for s in spec.stages].index("average")]
+    assert average.args == ["{sft}", "{sft_384}", "--method", "uniform"]
+    if text:   # the text stage trains the warm-up's decoder: same arch and sizes, MindVL's token ids
+        _, text_cfg = load_recipe(train["text"].recipe)
+        _, vl_cfg = load_recipe(train["warmup"].recipe, ["init_from=null"])
+        assert models.spec_of(text_cfg).name == "qwen2"
+        assert dataclasses.replace(text_cfg, vocab_size=0) == dataclasses.replace(vl_cfg.text_config(), vocab_size=0)
     recipe, _ = load_recipe(spec.eval_data_from, ["init_from=null"])
     assert recipe.model.arch == "mindvl" and recipe.data.template == "chat"
     assert models.get_spec("mindvl").evaluate.__name__ == "evaluate_dataset"
