@@ -88,6 +88,12 @@ def sample_next(logits_V: np.ndarray, temperature: float, top_p: float, rng: np.
     """Greedy (temperature 0) or nucleus sampling from one row of logits."""
     if temperature <= 0:
         return int(np.argmax(logits_V))
+    p = sampling_probs(logits_V, temperature, top_p)
+    return int(rng.choice(len(p), p=p))
+
+
+def sampling_probs(logits_V: np.ndarray, temperature: float, top_p: float) -> np.ndarray:
+    """The float64 distribution `sample_next` draws from (temperature > 0, then the top-p nucleus)."""
     z = logits_V.astype(np.float64) / temperature
     p = np.exp(z - z.max())
     p /= p.sum()
@@ -98,7 +104,7 @@ def sample_next(logits_V: np.ndarray, temperature: float, top_p: float, rng: np.
         q = np.zeros_like(p)
         q[keep] = p[keep]
         p = q / q.sum()
-    return int(rng.choice(len(p), p=p))
+    return p
 
 
 def _check_args(prompts, max_new_tokens, temperature, top_p):
