@@ -40,7 +40,7 @@ def mark_valid_columns(valid_BT, index_BS):
     """valid_BT with columns index_BS[b, :] of row b set to 1 (a chunk of new columns)."""
     onehot_BST = ops.equal(ops.arange(valid_BT.shape[1], dtype=ms.int32)[None, None, :],
                            index_BS.astype(ms.int32)[:, :, None])
-    return ops.maximum(valid_BT, onehot_BST.astype(valid_BT.dtype).max(1))
+    return ops.maximum(valid_BT, onehot_BST.astype(valid_BT.dtype).sum(1).clip(0, 1))
 
 
 def chunk_mask(valid_BT, index_BS):
