@@ -57,8 +57,12 @@ eval: setup  ## greedy exact match on held-out prompts: make eval RUN=runs/pro_s
 score: setup  ## logits for token ids (docs/export.md): make score RUN=runs/<name>|exports/<name> TOKENS=1,2,3 [OUT=logits.npy] [ARGS="--pixel-values X.npy --grid-thw 1,4,4"]
 	$(PY) -m recipes.score $(RUN) --tokens $(TOKENS) --out $(or $(OUT),logits.npy) $(ARGS)
 
-generate: setup  ## make generate RUN=runs/pro_sft PROMPT="copy: a b c ->" [ARGS="--temperature 0.8 --top-p 0.9"]
+generate: setup  ## make generate RUN=runs/pro_sft PROMPT="copy: a b c ->" [ARGS="--temperature 0.8 --top-p 0.9", "--speculative mtp -k 2", "--draft runs/small"]
 	$(PY) -m recipes.generate $(RUN) --prompt "$(PROMPT)" $(ARGS)
+
+.PHONY: bench-generate
+bench-generate: setup  ## decode tok/s with/without MTP and draft-model speculative decoding (docs/benchmarks.md): make bench-generate [ARGS="--json --mtp-run runs/X --target runs/Y --draft runs/Z"]
+	$(PY) -m recipes.tools.bench_generate $(ARGS)
 
 .PHONY: prepare-data
 prepare-data: setup  ## token shards (docs/data.md): make prepare-data FORMAT=megatron|mindrecord [OUT=data/FORMAT] [INPUT=corpus.jsonl] [ARGS="--tokenizer-model tok.model"]
