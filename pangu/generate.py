@@ -1,6 +1,7 @@
 """Autoregressive generation for any causal LM of the model contract: greedy or top-p sampling.
 
-Legend: B prompts in a batch, T = longest prompt + max_new_tokens (fixed for the whole call),
+Legend: B prompts in a batch, T = longest prompt + max_new_tokens rounded up to a multiple of 32 (fixed
+for the whole call),
 V vocab, N heads, Nkv kv heads, D head dim.
 
 Layout. Every call works on one fixed [B, T] buffer: prompt b is written left-aligned at columns
@@ -107,6 +108,12 @@ def sampling_probs(logits_V: np.ndarray, temperature: float, top_p: float) -> np
     return p
 
 
+def bucket(columns: int, multiple: int = 32) -> int:
+    """Buffer width rounded up to a multiple of 32: calls whose prompts differ by a few tokens share one
+    compiled shape (the unwritten tail columns are masked, so results do not change)."""
+    return -(-columns // multiple) * multiple
+
+
 def _check_args(prompts, max_new_tokens, temperature, top_p):
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: {max_new_tokens} must be >= 1")
@@ -161,7 +168,7 @@ def _generate_batch(model, prompts, rngs, max_new_tokens, stop, temperature, top
 
     b = len(prompts)
     lengths = np.array([len(p) for p in prompts], dtype=np.int32)
-    t = int(lengths.max()) + max_new_tokens
+    t = bucket(int(lengths.max()) + max_new_tokens)
     ids_BT = np.full((b, t), pad_id, dtype=np.int32)
     seg_BT = np.zeros((b, t), dtype=np.int32)
     for i, p in enumerate(prompts):

@@ -37,7 +37,7 @@ import numpy as np
 from mindspore import Tensor, ops
 
 from pangu.common.kv_cache import chunk_mask, mark_valid_columns
-from pangu.generate import Compiled, _check_args, sampling_probs
+from pangu.generate import Compiled, _check_args, bucket, sampling_probs
 
 MTP = "mtp"
 
@@ -275,7 +275,7 @@ class _Batch:
         self.b = b
         self.lengths = np.array([len(p) for p in prompts], dtype=np.int32)
         # room for the last verify chunk (k+1 columns) and the MTP window past the newest token
-        self.t = int(self.lengths.max()) + max_new + 2 * k + 2
+        self.t = bucket(int(self.lengths.max()) + max_new + 2 * k + 2)
         self.seq = np.full((b, self.t + 2 * k + 2), pad_id, dtype=np.int32)   # tokens by column
         for i, p in enumerate(prompts):
             self.seq[i, : len(p)] = p
