@@ -6,6 +6,9 @@ loads each back with recipes.io.load.load_model (INT8 dequantised) and reports, 
   * logits cosine: mean over held-out prompts and positions of cos(fp32 logits, export logits);
   * max weight error in quantisation steps: max |dequantised - fp32| / scale over quantised weights;
   * size: bytes of the safetensors shards.
+The w8a8 row also rounds activations as W8A8_DYNAMIC serving does (`simulate_dynamic_activations`:
+per-token symmetric int8 at the input of every quantised projection; the routed experts' input is
+rounded once before the experts, their down-projection input is not: they run as one batched op).
 """
 
 from __future__ import annotations
@@ -32,6 +35,45 @@ def _logits(model, prompts):
         pos = np.arange(len(p), dtype=np.int32)[None]
         out.append(np.array(model(Tensor(ids), Tensor(pos), Tensor(np.ones_like(ids))).asnumpy())[0])
     return out
+
+
+def fake_quant_per_token(x):
+    """x rounded to symmetric int8 per token (last axis), back in x's dtype."""
+    from mindspore import ops
+
+    scale = ops.maximum(ops.abs(x).max(axis=-1, keepdims=True) / 127.0, 1e-12)
+    return (ops.clip(ops.round(x / scale), -127, 127) * scale).astype(x.dtype)
+
+
+def simulate_dynamic_activations(model, num_hidden_layers: int) -> int:
+    """Wrap the quantised projections (and the routed experts) of a loaded model so their inputs are
+    rounded per token; returns how many cells were wrapped."""
+    from mindspore import nn
+
+    from pangu.common.layers import Linear
+    from pangu.common.moe import GroupedExperts
+    from recipes.io.quantize import QUANTIZED_LINEARS
+
+    class RoundInput(nn.Cell):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def construct(self, x, *args):
+            return self.inner(fake_quant_per_token(x), *args)
+
+    targets = []
+    for name, cell in model.cells_and_names():
+        parts = name.split(".")
+        if len(parts) < 4 or parts[:2] != ["model", "layers"] or int(parts[2]) >= num_hidden_layers:
+            continue
+        if (isinstance(cell, Linear) and parts[-1] in QUANTIZED_LINEARS) or isinstance(cell, GroupedExperts):
+            targets.append(name)
+    cells = dict(model.cells_and_names())
+    for name in targets:
+        parent_name, attr = name.rsplit(".", 1)
+        setattr(cells[parent_name], attr, RoundInput(cells[name]))
+    return len(targets)
 
 
 def max_step_error(fp32_dir: str, q_dir: str) -> float:
@@ -82,6 +124,9 @@ def main(argv=None) -> dict:
             if export_main(argv_e) != 0:
                 raise SystemExit(f"export {scheme} failed")
             loaded = load_model(out, log=quiet)
+            if scheme == "w8a8":
+                n = simulate_dynamic_activations(loaded.model, loaded.model_cfg.num_hidden_layers)
+                log(f"w8a8: per-token activation rounding at {n} projections / expert blocks")
             result = evaluate(loaded, limit=args.limit, data=data)
             logits = _logits(loaded.model, prompts)
             if ref_logits is None:
