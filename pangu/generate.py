@@ -114,7 +114,8 @@ def bucket(columns: int, multiple: int = 32) -> int:
     return -(-columns // multiple) * multiple
 
 
-def _check_args(prompts, max_new_tokens, temperature, top_p):
+def check_args(prompts, max_new_tokens, temperature, top_p):
+    """One-line refusals of the decoding arguments (shared with pangu.speculative)."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: {max_new_tokens} must be >= 1")
     if temperature < 0:
@@ -149,7 +150,7 @@ def generate(
     True requires it; False always recomputes. Prompts run in batches of `batch_size`.
     """
     prompts = [list(map(int, p)) for p in prompts]
-    _check_args(prompts, max_new_tokens, temperature, top_p)
+    check_args(prompts, max_new_tokens, temperature, top_p)
     has_cache = hasattr(model, "prefill") and hasattr(model, "decode_step")
     if use_cache is True and not has_cache:
         raise ValueError(f"use_cache: {type(model).__name__} has no prefill/decode_step; use use_cache=False")

@@ -37,7 +37,7 @@ import numpy as np
 from mindspore import Tensor, ops
 
 from pangu.common.kv_cache import chunk_mask, mark_valid_columns
-from pangu.generate import Compiled, _check_args, bucket, sampling_probs
+from pangu.generate import Compiled, bucket, check_args, sampling_probs
 
 MTP = "mtp"
 
@@ -244,7 +244,7 @@ def speculative_generate(
     `runners` (a dict, optional) keeps the compiled graphs across calls (the benchmark reuses it).
     """
     prompts = [list(map(int, p)) for p in prompts]
-    _check_args(prompts, max_new_tokens, temperature, top_p)
+    check_args(prompts, max_new_tokens, temperature, top_p)
     check_drafter(model, drafter, k)
     runners = {} if runners is None else runners
     if "target" not in runners:

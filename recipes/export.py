@@ -19,7 +19,7 @@ os.environ.setdefault("GLOG_v", "3")
 
 from recipes.cli import run_command  # noqa: E402
 from recipes.io import safetensors_io  # noqa: E402
-from recipes.io.hf import DEFAULT_SHARD_SIZE, export_run  # noqa: E402
+from recipes.io.hf import DEFAULT_SHARD_SIZE, INDEX_FILE, export_run, hf_files  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
         if args.quantize:
             from recipes.io.quantize import quantize_dir
 
-            quantize_dir(args.out, args.quantize, args.dtype)
+            quantize_dir(args.out, hf_files(args.out), INDEX_FILE, args.quantize, args.dtype)
 
     return run_command(body, args.debug)
 

@@ -72,16 +72,15 @@ def is_quantized_name(name: str, shape, num_hidden_layers: int) -> bool:
     return name[: -len(".weight")].rsplit(".", 1)[-1] in QUANTIZED_LINEARS
 
 
-def quantize_dir(directory: str, scheme: str, export_dtype: str = "fp32", log=print) -> dict:
-    """Quantise an export directory in place (shards, index, description); returns the description."""
-    from recipes.io.hf import INDEX_FILE, hf_files
-
+def quantize_dir(directory: str, files: dict, index_file: str, scheme: str, export_dtype: str = "fp32",
+                 log=print) -> dict:
+    """Quantise an export directory in place (its shards, the index `index_file`, the description);
+    `files`: tensor name -> shard (recipes.io.hf.hf_files). Returns the description."""
     if scheme not in SCHEMES:
         raise ValueError(f"--quantize: unknown scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
     qtype = SCHEMES[scheme]
     with open(os.path.join(directory, "config.json")) as f:
         num_layers = int(json.load(f)["num_hidden_layers"])
-    files = hf_files(directory)
     description = {"model_quant_type": qtype}
     weight_map, total = {}, 0
     for fname in sorted(set(files.values())):
@@ -103,7 +102,7 @@ def quantize_dir(directory: str, scheme: str, export_dtype: str = "fp32", log=pr
                 description[name] = FLOAT
         total += safetensors_io.write(path, out, export_dtype, reader.metadata or None)
         weight_map.update({n: fname for n in out})
-    index_path = os.path.join(directory, INDEX_FILE)
+    index_path = os.path.join(directory, index_file)
     if os.path.isfile(index_path):
         with open(index_path) as f:
             index = json.load(f)
