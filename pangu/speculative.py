@@ -418,9 +418,7 @@ class _Batch:
                 a, nxt = accept_sampled(drafts[i], p, qi, self.rngs[i])
             self.counts["drafted"] += k
             self.counts["accepted"] += a
-            emitted = 0
             for tok in list(map(int, drafts[i, :a])) + [nxt]:
-                emitted += 1
                 if not self._emit(i, tok):
                     break
             self.seq[i, self.f[i] + 1 : self.f[i] + 1 + a] = drafts[i, :a]
