@@ -42,7 +42,7 @@ launch: setup  ## msrun a recipe: make launch RECIPE=... STRATEGY=... [ARGS="--h
 	$(PY) -m parallel_strategies launch --recipe $(RECIPE) --strategy $(STRATEGY) $(ARGS)
 
 .PHONY: export import average
-export: setup  ## serving layout (docs/export.md): make export RUN=runs/<name> [OUT=exports/<name>] [ARGS="--dtype bf16 --mindir"]
+export: setup  ## serving layout (docs/export.md): make export RUN=runs/<name> [OUT=exports/<name>] [ARGS="--dtype bf16 --mindir", "--quantize w8a8|int8-weight"]
 	$(PY) -m recipes.export $(RUN) --out $(or $(OUT),exports/$(notdir $(RUN))) $(ARGS)
 import: setup  ## serving directory -> run directory (docs/export.md): make import DIR=<hf dir> OUT=runs/<name>
 	$(PY) -m recipes.import_hf $(DIR) --out $(OUT) $(ARGS)
