@@ -42,7 +42,7 @@ launch: setup  ## msrun a recipe: make launch RECIPE=... STRATEGY=... [ARGS="--h
 	$(PY) -m parallel_strategies launch --recipe $(RECIPE) --strategy $(STRATEGY) $(ARGS)
 
 .PHONY: export import average
-export: setup  ## serving layout (docs/export.md): make export RUN=runs/<name> [OUT=exports/<name>] [ARGS="--dtype bf16 --mindir"]
+export: setup  ## serving layout (docs/export.md): make export RUN=runs/<name> [OUT=exports/<name>] [ARGS="--dtype bf16 --mindir", "--quantize w8a8|int8-weight"]
 	$(PY) -m recipes.export $(RUN) --out $(or $(OUT),exports/$(notdir $(RUN))) $(ARGS)
 import: setup  ## serving directory -> run directory (docs/export.md): make import DIR=<hf dir> OUT=runs/<name>
 	$(PY) -m recipes.import_hf $(DIR) --out $(OUT) $(ARGS)
@@ -57,12 +57,16 @@ eval: setup  ## greedy exact match on held-out prompts: make eval RUN=runs/pro_s
 score: setup  ## logits for token ids (docs/export.md): make score RUN=runs/<name>|exports/<name> TOKENS=1,2,3 [OUT=logits.npy] [ARGS="--pixel-values X.npy --grid-thw 1,4,4"]
 	$(PY) -m recipes.score $(RUN) --tokens $(TOKENS) --out $(or $(OUT),logits.npy) $(ARGS)
 
-generate: setup  ## make generate RUN=runs/pro_sft PROMPT="copy: a b c ->" [ARGS="--temperature 0.8 --top-p 0.9"]
+generate: setup  ## make generate RUN=runs/pro_sft PROMPT="copy: a b c ->" [ARGS="--temperature 0.8 --top-p 0.9", "--speculative mtp -k 2", "--draft runs/small"]
 	$(PY) -m recipes.generate $(RUN) --prompt "$(PROMPT)" $(ARGS)
 
 .PHONY: eval-long
 eval-long: setup  ## long-context recall, full / truncate / XL3M (docs/inference.md): make eval-long RUN=runs/pro_lookup_dense [ARGS="--multiples 4,16,64 --json"]
 	$(PY) -m recipes.eval_long $(RUN) $(ARGS)
+
+.PHONY: bench-generate
+bench-generate: setup  ## decode tok/s with/without MTP and draft-model speculative decoding (docs/benchmarks.md): make bench-generate [ARGS="--json --mtp-run runs/X --target runs/Y --draft runs/Z"]
+	$(PY) -m recipes.tools.bench_generate $(ARGS)
 
 .PHONY: prepare-data
 prepare-data: setup  ## token shards (docs/data.md): make prepare-data FORMAT=megatron|mindrecord [OUT=data/FORMAT] [INPUT=corpus.jsonl] [ARGS="--tokenizer-model tok.model"]

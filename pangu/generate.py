@@ -1,6 +1,7 @@
 """Autoregressive generation for any causal LM of the model contract: greedy or top-p sampling.
 
-Legend: B prompts in a batch, T = longest prompt + max_new_tokens (fixed for the whole call),
+Legend: B prompts in a batch, T = longest prompt + max_new_tokens rounded up to a multiple of 32 (fixed
+for the whole call),
 V vocab, N heads, Nkv kv heads, D head dim.
 
 Layout. Every call works on one fixed [B, T] buffer: prompt b is written left-aligned at columns
@@ -88,6 +89,12 @@ def sample_next(logits_V: np.ndarray, temperature: float, top_p: float, rng: np.
     """Greedy (temperature 0) or nucleus sampling from one row of logits."""
     if temperature <= 0:
         return int(np.argmax(logits_V))
+    p = sampling_probs(logits_V, temperature, top_p)
+    return int(rng.choice(len(p), p=p))
+
+
+def sampling_probs(logits_V: np.ndarray, temperature: float, top_p: float) -> np.ndarray:
+    """The float64 distribution `sample_next` draws from (temperature > 0, then the top-p nucleus)."""
     z = logits_V.astype(np.float64) / temperature
     p = np.exp(z - z.max())
     p /= p.sum()
@@ -98,10 +105,17 @@ def sample_next(logits_V: np.ndarray, temperature: float, top_p: float, rng: np.
         q = np.zeros_like(p)
         q[keep] = p[keep]
         p = q / q.sum()
-    return int(rng.choice(len(p), p=p))
+    return p
 
 
-def _check_args(prompts, max_new_tokens, temperature, top_p):
+def bucket(columns: int, multiple: int = 32) -> int:
+    """Buffer width rounded up to a multiple of 32: calls whose prompts differ by a few tokens share one
+    compiled shape (the unwritten tail columns are masked, so results do not change)."""
+    return -(-columns // multiple) * multiple
+
+
+def check_args(prompts, max_new_tokens, temperature, top_p):
+    """One-line refusals of the decoding arguments (shared with pangu.speculative)."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: {max_new_tokens} must be >= 1")
     if temperature < 0:
@@ -136,7 +150,7 @@ def generate(
     True requires it; False always recomputes. Prompts run in batches of `batch_size`.
     """
     prompts = [list(map(int, p)) for p in prompts]
-    _check_args(prompts, max_new_tokens, temperature, top_p)
+    check_args(prompts, max_new_tokens, temperature, top_p)
     has_cache = hasattr(model, "prefill") and hasattr(model, "decode_step")
     if use_cache is True and not has_cache:
         raise ValueError(f"use_cache: {type(model).__name__} has no prefill/decode_step; use use_cache=False")
@@ -155,7 +169,7 @@ def _generate_batch(model, prompts, rngs, max_new_tokens, stop, temperature, top
 
     b = len(prompts)
     lengths = np.array([len(p) for p in prompts], dtype=np.int32)
-    t = int(lengths.max()) + max_new_tokens
+    t = bucket(int(lengths.max()) + max_new_tokens)
     ids_BT = np.full((b, t), pad_id, dtype=np.int32)
     seg_BT = np.zeros((b, t), dtype=np.int32)
     for i, p in enumerate(prompts):

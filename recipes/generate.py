@@ -1,5 +1,6 @@
 """Generate from a trained run or a serving directory: `python -m recipes.generate RUN_DIR_OR_HF_DIR
---prompt "..." [--top-p 0.9 --temperature 0.8 --seed 0 --max-new-tokens 64] [--raw]`.
+--prompt "..." [--top-p 0.9 --temperature 0.8 --seed 0 --max-new-tokens 64] [--raw]
+[--speculative mtp | --draft RUN2] [-k 2]`.
 
 For runs trained on chat data (data.source sft | chat_jsonl; a serving directory whose tokenizer has the
 chat tokens) the prompt is wrapped in the chat template (`<|user|>PROMPT<|assistant|>`) unless `--raw`;
@@ -11,6 +12,10 @@ answers a prompt far longer than the training length from its XL3M key context (
 `--prompt-file PATH` reads a long prompt from a file.
 Reasoning runs: `--trimr --verifier RUN2` closes the thinking (`<think>` ... `</think>`) once the verifier's
 answer is stable over `--repeats` thoughts (pangu/trimr.py); the verifier must share the tokenizer.
+
+Speculative decoding (pangu.speculative, docs/benchmarks.md): `--speculative mtp` drafts with the model's
+own MTP layers (Pangu Ultra), `--draft RUN2` with a smaller model of the same tokenizer; `-k` tokens per
+round. Greedy output is the same as without it; sampling keeps the model's distribution.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     add_long_context_options(parser)
     add_trimr_options(parser)
+    add_speculative_args(parser)
     return parser.parse_args(argv)
 
 
@@ -199,12 +205,53 @@ def generate_trimr(run, ids: list[int], args, stop: list[int]) -> list[int]:
     return new
 
 
+# ---- speculative decoding options (issue 17) ------------------------------------------------------
+def add_speculative_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("speculative decoding")
+    g.add_argument("--speculative", choices=("mtp",), default=None,
+                   help="mtp: draft with the model's own MTP layers (Pangu Ultra)")
+    g.add_argument("--draft", default=None, metavar="RUN2",
+                   help="draft with this run / serving directory (a smaller model of the same tokenizer)")
+    g.add_argument("-k", type=int, default=None, help="tokens drafted per round (default: MTP layers, or 3)")
+
+
+def speculative_generate_fn(args, run):
+    """None for plain decoding, else a `generate`-compatible function that decodes speculatively."""
+    if args.speculative is None and args.draft is None:
+        if args.k is not None:
+            raise ValueError("-k: drafted tokens per round need --speculative mtp or --draft RUN2")
+        return None
+    if args.speculative is not None and args.draft is not None:
+        raise ValueError("--speculative mtp and --draft: choose one drafter")
+    from pangu.speculative import speculative_generate
+    from recipes.io.load import load_model
+
+    if args.draft is not None:
+        draft = load_model(args.draft)
+        if draft.tokenizer is not None and run.tokenizer is not None and \
+                draft.tokenizer.vocab_size != run.tokenizer.vocab_size:
+            raise ValueError(f"--draft {args.draft}: its tokenizer has {draft.tokenizer.vocab_size} tokens, the "
+                             f"model's {run.tokenizer.vocab_size}; use a draft trained with the model's tokenizer")
+        drafter, k = draft.model, args.k or 3
+    else:
+        drafter, k = "mtp", args.k or int(getattr(run.model_cfg, "num_mtp_layers", 0) or 1)
+
+    def fn(model, prompts, max_new_tokens, **kw):
+        return speculative_generate(model, prompts, max_new_tokens, drafter=drafter, k=k, **kw)
+
+    return fn
+# ---------------------------------------------------------------------------------------------------
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
 
     def body():
         check_long_context_options(args)
         check_trimr_options(args)
+        if (args.xl3m or args.trimr) and (args.speculative or args.draft):
+            raise ValueError("--speculative / --draft: speculative decoding is not combined with --xl3m or --trimr; "
+                             "drop one of them")
         from pangu.generate import generate
         from recipes.data import render
         from recipes.data.tokenizer import ASSISTANT_TOKEN
@@ -229,8 +276,9 @@ def main(argv=None) -> int:
         elif args.trimr:
             new = generate_trimr(run, tok.encode(text), args, stop_ids(tok))
         else:
-            (new,) = generate(run.model, [tok.encode(text)], args.max_new_tokens, stop_ids=stop_ids(tok),
-                              temperature=args.temperature, top_p=args.top_p, seed=args.seed, pad_id=tok.pad_id)
+            decode = speculative_generate_fn(args, run) or generate
+            (new,) = decode(run.model, [tok.encode(text)], args.max_new_tokens, stop_ids=stop_ids(tok),
+                            temperature=args.temperature, top_p=args.top_p, seed=args.seed, pad_id=tok.pad_id)
         print(tok.decode(new))
 
     return run_command(body, args.debug)

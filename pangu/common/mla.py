@@ -118,8 +118,9 @@ class MultiHeadLatentAttention(nn.Cell):
 
     def decode(self, x_B1H, cos_B11D, sin_B11D, index_B, c_cache, k_rope_cache, valid_BT):
         """One new column per row, absorbed form: (out [B,1,H], c_cache, k_rope_cache).
-        `valid_BT` must already mark column index_B[b]."""
-        b = x_B1H.shape[0]
+        `valid_BT` must already mark column index_B[b]. S columns per row: index [B,S], x [B,S,H] and a
+        per-query mask [B,S,T] (pangu.common.kv_cache.chunk_mask)."""
+        b, s = x_B1H.shape[0], x_B1H.shape[1]
         n, dn, dv, r = self.num_heads, self.qk_nope_dim, self.v_dim, self.kv_lora_dim
         q_nope_BN1n, q_rope_BN1r = self._q(x_B1H, cos_B11D, sin_B11D)
         c_B1R, k_rope_B11r = self._latent(x_B1H, cos_B11D, sin_B11D)
@@ -132,5 +133,5 @@ class MultiHeadLatentAttention(nn.Cell):
         k_B1TC = ops.concat((c_cache, k_rope_cache), -1).astype(ms.float32)
         ctx_BN1R = decode_attention(q_BN1C, k_B1TC, c_cache.astype(ms.float32), valid_BT, self.scale)
         o_BN1v = ops.matmul(ctx_BN1R, w_uv_NvR.swapaxes(-1, -2))
-        out = self.o_proj(o_BN1v.transpose(0, 2, 1, 3).reshape(b, 1, n * dv).astype(x_B1H.dtype))
+        out = self.o_proj(o_BN1v.transpose(0, 2, 1, 3).reshape(b, s, n * dv).astype(x_B1H.dtype))
         return out, c_cache, k_rope_cache

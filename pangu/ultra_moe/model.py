@@ -268,6 +268,26 @@ class PanguUltraMoEForCausalLM(CausalLM):
             ops.assign(self.model.layers[i].mlp.gate.expert_load, load)
         return ops.zeros((), ms.float32)
 
+    # -- MTP modules as a drafter (pangu.speculative): each depth keeps its own MLA cache, same columns --
+    def mtp_prefill(self, h_BTH, ids_BT, position_ids, segment_ids, depth):
+        """MTP module `depth` (1-based) over a whole buffer, chained as in `loss`: h_BTH its input (the
+        main model's normed final hidden states for depth 1, depth-1's output after), ids_BT the token
+        t+depth at column t -> (logits [B,T,V], output h [B,T,H], c cache, k_rope cache)."""
+        layer = self.model.layers[self.num_layers + depth - 1]
+        cos, sin = mla_rotary_tables(position_ids, self.model.rope_dim, self.model.rope_theta)
+        x = layer.mtp_input(h_BTH, self.model.embed_tokens(ids_BT))
+        h, c, k_rope = layer.prefill(x, cos, sin, segment_ids)
+        return self.logits(layer.shared_head(h)), h, c, k_rope
+
+    def mtp_decode(self, h_BSH, ids_BS, position_ids_BS, index_BS, c_cache, k_rope_cache, mask_BST, depth):
+        """`mtp_prefill` for S columns per row at index_BS through the depth's cache (mask_BST:
+        pangu.common.kv_cache.chunk_mask) -> (logits [B,S,V], h [B,S,H], c cache, k_rope cache)."""
+        layer = self.model.layers[self.num_layers + depth - 1]
+        cos, sin = mla_rotary_tables(position_ids_BS, self.model.rope_dim, self.model.rope_theta)
+        x = layer.mtp_input(h_BSH, self.model.embed_tokens(ids_BS))
+        h, c_cache, k_rope_cache = layer.decode(x, cos, sin, index_BS, c_cache, k_rope_cache, mask_BST)
+        return self.logits(layer.shared_head(h)), h, c_cache, k_rope_cache
+
 
 def init_weights(model, cfg: PanguUltraMoEConfig, seed=None):
     """TinyInit (or normal(0, initializer_range)), then DSSN post-norm gammas c/sqrt(L);

@@ -324,12 +324,16 @@ def import_hf(directory: str, model=None, return_model: bool = False):
     """Serving-layout directory -> (model_cfg, our state) [or (model_cfg, model) with return_model].
 
     Strict: every serving tensor the config implies must be present with its exact shape, and nothing
-    else; the first offending tensor is named in a one-line ValueError. BF16 tensors come back as fp32.
+    else; the first offending tensor is named in a one-line ValueError. BF16 tensors come back as fp32,
+    int8 weights of a quantised export (recipes.io.quantize) dequantised.
     """
+    from recipes.io.quantize import float_view
+
     files = hf_files(directory)
+    readers = {f: safetensors_io.Reader(os.path.join(directory, f)) for f in sorted(set(files.values()))}
+    files, readers = float_view(directory, files, readers)     # an INT8 export reads back dequantised
     spec, layout, cfg = read_config(directory, files)
     expected = {n: tuple(np.shape(v)) for n, v in layout.to_hf(_zero_state(spec, cfg), cfg).items()}
-    readers = {f: safetensors_io.Reader(os.path.join(directory, f)) for f in sorted(set(files.values()))}
     for name in sorted(set(expected) | set(files), key=natural_key):
         if name not in files:
             raise ValueError(f"{directory}: missing tensor {name} (config.json implies it); the export is incomplete "

@@ -70,6 +70,7 @@ def test_generate_cli_answers_a_long_prompt_with_xl3m(lookup_run, tmp_path, caps
     (["--trimr"], "--trimr needs --verifier RUN"),
     (["--trimr", "--xl3m", "--verifier", "x"], "one at a time"),
     (["--prompt-file", "long.txt"], "give exactly one of --prompt TEXT or --prompt-file PATH"),
+    (["--xl3m", "--speculative", "mtp"], "speculative decoding is not combined with --xl3m or --trimr"),
 ])
 def test_generate_cli_refuses_bad_settings_in_one_line(lookup_run, capsys, args, message):
     from recipes.generate import main
