@@ -163,31 +163,65 @@ def generate(
     return out
 
 
-def _generate_batch(model, prompts, rngs, max_new_tokens, stop, temperature, top_p, pad_id, cached):
-    import mindspore as ms
-    from mindspore import Tensor, ops
+class BatchDecoder:
+    """One batch of prompts being decoded: padded buffers [B, T] (T = longest prompt + max_new_tokens,
+    bucketed), the KV cache when `cached`, and the fp32 logits [B, V] of each row's next token.
 
-    b = len(prompts)
-    lengths = np.array([len(p) for p in prompts], dtype=np.int32)
-    t = bucket(int(lengths.max()) + max_new_tokens)
-    ids_BT = np.full((b, t), pad_id, dtype=np.int32)
-    seg_BT = np.zeros((b, t), dtype=np.int32)
-    for i, p in enumerate(prompts):
-        ids_BT[i, : len(p)] = p
-        seg_BT[i, : len(p)] = 1
-    pos_BT = np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy()
+    start()                 runs the prompts -> logits of each row's first new token
+    advance(tokens_B, cols) writes one token per row at column cols[b] (finished rows write harmlessly)
+                            -> logits of the token after it
+    """
 
-    def last_logits(logits_BTV, cols_B):
-        index = Tensor(np.broadcast_to(cols_B[:, None, None], (b, 1, logits_BTV.shape[-1])).astype(np.int32))
+    def __init__(self, model, prompts, max_new_tokens: int, pad_id: int, cached: bool):
+        b = len(prompts)
+        self.model, self.cached, self.b = model, cached, b
+        self.lengths = np.array([len(p) for p in prompts], dtype=np.int32)
+        t = bucket(int(self.lengths.max()) + max_new_tokens)
+        self.ids_BT = np.full((b, t), pad_id, dtype=np.int32)
+        self.seg_BT = np.zeros((b, t), dtype=np.int32)
+        for i, p in enumerate(prompts):
+            self.ids_BT[i, : len(p)] = p
+            self.seg_BT[i, : len(p)] = 1
+        self.pos_BT = np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy()
+        self.cache = None
+
+    def _last(self, logits_BTV, cols_B):
+        import mindspore as ms
+        from mindspore import Tensor, ops
+
+        index = Tensor(np.broadcast_to(cols_B[:, None, None], (self.b, 1, logits_BTV.shape[-1])).astype(np.int32))
         return ops.gather_elements(logits_BTV, 1, index)[:, 0].astype(ms.float32).asnumpy()
 
-    cache = None
-    if cached:
-        logits, cache = model.prefill(Tensor(ids_BT), Tensor(pos_BT), Tensor(seg_BT))
-    else:
-        logits = model(Tensor(ids_BT), Tensor(pos_BT), Tensor(seg_BT))
-    logits_BV = last_logits(logits, lengths - 1)
+    def _inputs(self):
+        from mindspore import Tensor
 
+        return Tensor(self.ids_BT), Tensor(self.pos_BT), Tensor(self.seg_BT)
+
+    def start(self) -> np.ndarray:
+        if self.cached:
+            logits, self.cache = self.model.prefill(*self._inputs())
+        else:
+            logits = self.model(*self._inputs())
+        return self._last(logits, self.lengths - 1)
+
+    def advance(self, tokens_B, cols_B) -> np.ndarray:
+        import mindspore as ms
+        from mindspore import Tensor
+
+        rows = np.arange(self.b)
+        self.ids_BT[rows, cols_B] = tokens_B
+        self.seg_BT[rows, cols_B] = 1
+        if not self.cached:
+            return self._last(self.model(*self._inputs()), cols_B)
+        logits, self.cache = self.model.decode_step(Tensor(tokens_B[:, None]), Tensor(cols_B[:, None].astype(np.int32)),
+                                                    Tensor(cols_B.astype(np.int32)), self.cache)
+        return logits[:, 0].astype(ms.float32).asnumpy()
+
+
+def _generate_batch(model, prompts, rngs, max_new_tokens, stop, temperature, top_p, pad_id, cached):
+    b = len(prompts)
+    batch = BatchDecoder(model, prompts, max_new_tokens, pad_id, cached)
+    logits_BV = batch.start()
     new = [[] for _ in range(b)]
     done = np.zeros(b, dtype=bool)
     for step in range(max_new_tokens):
@@ -203,13 +237,5 @@ def _generate_batch(model, prompts, rngs, max_new_tokens, stop, temperature, top
             tokens[i] = tok
         if done.all() or step == max_new_tokens - 1:
             break
-        cols = lengths + step  # where each row's new token goes (finished rows write harmlessly)
-        ids_BT[np.arange(b), cols] = tokens
-        seg_BT[np.arange(b), cols] = 1
-        if cached:
-            logits, cache = model.decode_step(Tensor(tokens[:, None]), Tensor(cols[:, None].astype(np.int32)),
-                                              Tensor(cols.astype(np.int32)), cache)
-            logits_BV = logits[:, 0].astype(ms.float32).asnumpy()
-        else:
-            logits_BV = last_logits(model(Tensor(ids_BT), Tensor(pos_BT), Tensor(seg_BT)), cols)
+        logits_BV = batch.advance(tokens, batch.lengths + step)  # where each row's new token goes
     return new

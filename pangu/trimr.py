@@ -27,7 +27,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from pangu.generate import sample_next
+from pangu.generate import BatchDecoder, sample_next
 
 
 class Verifier(Protocol):
@@ -79,8 +79,6 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, cfg: 
     """New tokens for every prompt (one batch) and each row's TrimR record. `verifier=None` decodes the
     same way without trimming (the untrimmed baseline). A prompt that ends inside `<think>` (or a row
     that writes it) is thinking."""
-    from mindspore import Tensor
-
     prompts = [list(map(int, p)) for p in prompts]
     if max_new_tokens < 1 or not prompts or min(map(len, prompts)) == 0:
         raise ValueError(f"trimr.generate: needs max_new_tokens >= 1 (got {max_new_tokens}) and non-empty prompts")
@@ -88,25 +86,10 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, cfg: 
     rngs = [np.random.default_rng([seed, i]) for i in range(b)]
     stop = set(int(s) for s in stop_ids)
     cached = hasattr(model, "prefill") and hasattr(model, "decode_step")
-    lengths = np.array([len(p) for p in prompts], dtype=np.int32)
-    t = int(lengths.max()) + max_new_tokens
-    ids_BT = np.full((b, t), pad_id, dtype=np.int32)
-    seg_BT = np.zeros((b, t), dtype=np.int32)
-    for i, p in enumerate(prompts):
-        ids_BT[i, : len(p)], seg_BT[i, : len(p)] = p, 1
-    pos_BT = np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy()
+    batch = BatchDecoder(model, prompts, max_new_tokens, pad_id, cached)
     k = len(cfg.think_start)
     states = [RowState(thinking=k > 0 and p[-k:] == list(cfg.think_start)) for p in prompts]
-
-    def last_logits(logits_BTV, cols_B):
-        return np.array(logits_BTV.asnumpy(), dtype=np.float32)[np.arange(b), cols_B]
-
-    cache = None
-    if cached:
-        logits, cache = model.prefill(Tensor(ids_BT), Tensor(pos_BT), Tensor(seg_BT))
-    else:
-        logits = model(Tensor(ids_BT), Tensor(pos_BT), Tensor(seg_BT))
-    logits_BV = last_logits(logits, lengths - 1)
+    logits_BV = batch.start()
 
     pool = ThreadPoolExecutor(max_workers=1) if overlap and verifier is not None else None
     pending: list[tuple[Future | list, list[int]]] = []  # (verdicts or their future, rows), oldest first
@@ -166,15 +149,7 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, cfg: 
                     pending.append((list(verifier.answers(questions, thoughts)), ask_rows))
             if done.all() or step == max_new_tokens - 1:
                 break
-            cols = lengths + step
-            ids_BT[np.arange(b), cols] = tokens
-            seg_BT[np.arange(b), cols] = 1
-            if cached:
-                logits, cache = model.decode_step(Tensor(tokens[:, None]), Tensor(cols[:, None].astype(np.int32)),
-                                                  Tensor(cols.astype(np.int32)), cache)
-                logits_BV = np.array(logits.asnumpy(), dtype=np.float32)[:, 0]
-            else:
-                logits_BV = last_logits(model(Tensor(ids_BT), Tensor(pos_BT), Tensor(seg_BT)), cols)
+            logits_BV = batch.advance(tokens, batch.lengths + step)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

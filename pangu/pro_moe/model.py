@@ -11,11 +11,11 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from ops import impl_scope
-from ops.rope import rotary_tables
 from pangu.common.attention import GQAttention
 from pangu.common.causal_lm import CausalLM
+from pangu.common.decoder_stack import RopeDecoderStack
 from pangu.common.init import init_normal
-from pangu.common.layers import Embedding, RMSNorm, dtype_of
+from pangu.common.layers import RMSNorm, dtype_of
 from pangu.common.moe import MoE, MoGERouter
 from pangu.pro_moe.config import PanguProMoEConfig
 
@@ -55,22 +55,11 @@ class PanguProMoEDecoderLayer(nn.Cell):
         return self._mlp_residual(h_B1H + a.astype(ms.float32)), k_cache, v_cache
 
 
-class PanguProMoEModel(nn.Cell):
+class PanguProMoEModel(RopeDecoderStack):
     """Embedding + decoder stack + final norm (`model.*` in the serving layout)."""
 
     def __init__(self, cfg: PanguProMoEConfig):
-        super().__init__()
-        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.CellList([PanguProMoEDecoderLayer(cfg)
-                                   for _ in range(cfg.num_hidden_layers)])
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.head_dim = cfg.head_dim
-        self.rope_theta = cfg.rope_theta
-
-    def construct(self, input_ids, position_ids, segment_ids):
-        h = self.embed_tokens(input_ids)
-        cos, sin = rotary_tables(position_ids, self.head_dim, self.rope_theta, "rotate_half")
-        return self.forward_embeddings(h, cos, sin, segment_ids)
+        super().__init__(cfg, [PanguProMoEDecoderLayer(cfg) for _ in range(cfg.num_hidden_layers)])
 
     def forward_embeddings(self, h, cos, sin, segment_ids):
         """Decoder stack + final norm from input embeddings h [B,S,H] fp32 and rotary tables
@@ -83,27 +72,6 @@ class PanguProMoEModel(nn.Cell):
             imbalance = imbalance + i
         n = len(self.layers)
         return self.norm(h), balance / n, imbalance / n
-
-    def prefill(self, input_ids, position_ids, segment_ids):
-        """(normed hidden states [B,T,H], k per layer, v per layer)."""
-        h = self.embed_tokens(input_ids)
-        cos, sin = rotary_tables(position_ids, self.head_dim, self.rope_theta, "rotate_half")
-        ks, vs = [], []
-        for layer in self.layers:
-            h, k, v = layer.prefill(h, cos, sin, segment_ids)
-            ks.append(k)
-            vs.append(v)
-        return self.norm(h), tuple(ks), tuple(vs)
-
-    def decode(self, input_ids_B1, position_ids_B1, index_B, ks, vs, valid_BT):
-        h = self.embed_tokens(input_ids_B1)
-        cos, sin = rotary_tables(position_ids_B1, self.head_dim, self.rope_theta, "rotate_half")
-        new_ks, new_vs = [], []
-        for layer, k, v in zip(self.layers, ks, vs):
-            h, k, v = layer.decode(h, cos, sin, index_B, k, v, valid_BT)
-            new_ks.append(k)
-            new_vs.append(v)
-        return self.norm(h), tuple(new_ks), tuple(new_vs)
 
 
 class PanguProMoEForCausalLM(CausalLM):
