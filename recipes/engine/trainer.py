@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recipes.io import checkpoint as ckpt_lib
+from recipes.io import rundir
 from recipes.io.hf import HF_SOURCE
 from recipes.engine.config import ConfigError, RecipeConfig, dump_yaml, to_dict
 from recipes.engine.guard import StepGuard, TrainingDiverged
@@ -83,6 +84,7 @@ class Trainer:
         self.recipe = recipe
         self.log = log
         self.run_dir = run_dir_of(recipe)
+        rundir.check_not_foreign(self.run_dir)   # before any work: never write into someone else's directory
         self.ckpt_root = os.path.join(self.run_dir, "checkpoints")
         self.device = configure_mindspore(recipe)
         # Data parallel: every rank reads the same global batch of micro_batch_size * world rows and
@@ -129,6 +131,7 @@ class Trainer:
         self.data_position = 0
         self.guard = StepGuard(recipe.train.max_bad_steps, recipe.train.spike_threshold)
 
+        self.lock = self._own_run_dir(resume)
         if resume and not ckpt_lib.list_checkpoints(self.ckpt_root) and os.path.isfile(
                 os.path.join(self.run_dir, "config.yaml")):
             # Killed before its first checkpoint: starting over is the exact resume.
@@ -274,6 +277,17 @@ class Trainer:
         if unmatched:
             raise ConfigError(f"train.freeze: pattern {unmatched[0]!r} matches no parameter; check the parameter names")
         return frozen
+
+    def _own_run_dir(self, resume: bool):
+        """Rank 0 locks RUN/.lock for the life of this Trainer (under msrun the
+        ranks of one job share the directory, so only rank 0 takes it). A --resume of a directory that
+        was never created is left to _resume's error."""
+        if not self.is_main or (resume and not os.path.isdir(self.run_dir)):
+            return None
+        lock = rundir.lock_run(self.run_dir)
+        if lock.previous_owner:
+            self.log(f"{self.run_dir}: taking over the stale lock of {lock.previous_owner} (no longer running)")
+        return lock
 
     def _start_fresh(self, frozen: list[str]) -> None:
         existing = ckpt_lib.list_checkpoints(self.ckpt_root)
