@@ -38,7 +38,7 @@ class Interrupted(Exception):
 def test_run_directory_and_learning(tmp_path):
     result = make(tmp_path, "full", 12, ["checkpoint.every=5", "checkpoint.keep_last=2"]).train()
     run = result.run_dir
-    assert sorted(os.listdir(run)) == ["checkpoints", "config.yaml", "loss.png", "metrics.jsonl"]
+    assert sorted(os.listdir(run)) == [".lock", "checkpoints", "config.yaml", "loss.png", "metrics.jsonl"]
     assert [c.step for c in ck.list_checkpoints(os.path.join(run, "checkpoints"))] == [10, 12]
     records = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
     assert [r["step"] for r in records] == list(range(1, 13))
