@@ -370,29 +370,35 @@ def import_to_run(hf_dir: str, out: str, overwrite: bool = False, log=print) -> 
     rundir.prepare_out(out, overwrite, create=False, inputs=(hf_dir,))
     cfg, state = import_hf(hf_dir)
     spec = models.spec_of(cfg)
-    rundir.prepare_out(out, overwrite, inputs=(hf_dir,))
-    raw = {"description": f"imported from {os.path.abspath(hf_dir)}",
-           "model": {"arch": spec.name, "preset": "tiny", **_plain(dataclasses.asdict(cfg))},
-           "run": {"root": os.path.dirname(os.path.abspath(out)), "name": os.path.basename(os.path.normpath(out))}}
-    # the text data tokenizer: the checkpoint's sentencepiece model, else its tokenizer.json (Qwen2's byte-level
-    # BPE, read by recipes.data.tokenizer.JsonTokenizer); an arch with asset hooks reads its own (MindVL)
-    names = ("tokenizer.model",) if spec.serving.read_assets is not None else ("tokenizer.model", "tokenizer.json")
-    tokenizer = next((n for n in names if os.path.isfile(os.path.join(hf_dir, n))), None)
-    if tokenizer is not None:
-        shutil.copyfile(os.path.join(hf_dir, tokenizer), os.path.join(out, tokenizer))
-        raw["data"] = {"tokenizer_model": os.path.abspath(os.path.join(out, tokenizer))}
-    if spec.serving.read_assets is not None:
-        data = spec.serving.read_assets(hf_dir, out, cfg)
-        if data:
-            raw["data"] = {**raw.get("data", {}), **data}
-    resolve(dict(raw))  # the written config must load back
-    with open(os.path.join(out, "config.yaml"), "w") as f:
-        yaml.safe_dump(raw, f, sort_keys=False)
-    os.makedirs(os.path.join(out, HF_SOURCE))
-    for name in SOURCE_FILES:     # the source's own files, for an export that writes them back
-        if os.path.isfile(os.path.join(hf_dir, name)):
-            shutil.copyfile(os.path.join(hf_dir, name), os.path.join(out, HF_SOURCE, name))
-    path = rundir.write_run_checkpoint(out, 0, state, {"imported_from": os.path.abspath(hf_dir)}, None)
+    # written into a staging directory that replaces OUT only once complete (a failed import keeps OUT)
+    with rundir.staged_out(out, overwrite, inputs=(hf_dir,)) as stage:
+        raw = {"description": f"imported from {os.path.abspath(hf_dir)}",
+               "model": {"arch": spec.name, "preset": "tiny", **_plain(dataclasses.asdict(cfg))},
+               "run": {"root": os.path.dirname(os.path.abspath(out)), "name": os.path.basename(os.path.normpath(out))}}
+        # the text data tokenizer: the checkpoint's sentencepiece model, else its tokenizer.json (Qwen2's
+        # byte-level BPE, read by recipes.data.tokenizer.JsonTokenizer); an arch with asset hooks reads its own
+        names = ("tokenizer.model",) if spec.serving.read_assets is not None else ("tokenizer.model", "tokenizer.json")
+        tokenizer = next((n for n in names if os.path.isfile(os.path.join(hf_dir, n))), None)
+        if tokenizer is not None:
+            shutil.copyfile(os.path.join(hf_dir, tokenizer), os.path.join(stage, tokenizer))
+            raw["data"] = {"tokenizer_model": os.path.abspath(os.path.join(stage, tokenizer))}
+        if spec.serving.read_assets is not None:
+            data = spec.serving.read_assets(hf_dir, stage, cfg)
+            if data:
+                raw["data"] = {**raw.get("data", {}), **data}
+        resolve(dict(raw))  # the written config must load back
+        staged, final = os.path.abspath(stage) + os.sep, os.path.abspath(out) + os.sep
+        if "data" in raw:   # paths into the staging directory name OUT (where they are after the swap)
+            raw["data"] = {k: final + v[len(staged):] if isinstance(v, str) and v.startswith(staged) else v
+                           for k, v in raw["data"].items()}
+        with open(os.path.join(stage, "config.yaml"), "w") as f:
+            yaml.safe_dump(raw, f, sort_keys=False)
+        os.makedirs(os.path.join(stage, HF_SOURCE))
+        for name in SOURCE_FILES:     # the source's own files, for an export that writes them back
+            if os.path.isfile(os.path.join(hf_dir, name)):
+                shutil.copyfile(os.path.join(hf_dir, name), os.path.join(stage, HF_SOURCE, name))
+        step = rundir.write_run_checkpoint(stage, 0, state, {"imported_from": os.path.abspath(hf_dir)}, None)
+    path = os.path.join(out, os.path.relpath(step, stage))
     log(f"imported {spec.name} ({len(state)} tensors) from {hf_dir} -> {path}")
     return path
 
