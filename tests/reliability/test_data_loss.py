@@ -246,3 +246,29 @@ def test_multi_node_launch_without_hostfile_or_node_rank_is_refused(tmp_path, mo
 
     bad.write_text("node-1.cluster slots=8\nroot@10.0.0.2\nfe80::1\n# c\n")
     assert read_hostfile(str(bad)) == ["node-1.cluster", "root@10.0.0.2", "fe80::1"]
+
+
+def test_merge_ranks_overwrite_that_fails_keeps_the_previous_output(tmp_path, monkeypatch, capsys):
+    from recipes import merge_ranks
+
+    ranks = str(tmp_path / "ranks")
+    full = np.arange(12, dtype=np.float32).reshape(4, 3)
+    for r in range(2):
+        merge_ranks.write_rank(ranks, r, 2, {"w": merge_ranks.shard(full, 2, r)[0], "b": np.ones(3, np.float32)},
+                               {"w": {"shape": [4, 3], "offset": merge_ranks.shard(full, 2, r)[1]}})
+    out = str(tmp_path / "merged")
+    assert merge_ranks.main([ranks, "--out", out]) == 0
+    capsys.readouterr()
+    before = tree_hashes(ranks, out)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device", os.path.join(args[0], "model.safetensors"))
+
+    monkeypatch.setattr(ck, "save", disk_full)
+    assert merge_ranks.main([ranks, "--out", out, "--overwrite"]) == 2
+    assert "No space left on device" in one_error_line(capsys)
+    assert tree_hashes(ranks, out) == before and sorted(os.listdir(tmp_path)) == ["merged", "ranks"]
+    monkeypatch.undo()
+    assert merge_ranks.main([ranks, "--out", out, "--overwrite"]) == 0
+    np.testing.assert_array_equal(ck.load_tensors(ck.latest_valid(os.path.join(out, "checkpoints")).path,
+                                                  ck.MODEL_FILE)["w"], full)
