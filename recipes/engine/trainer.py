@@ -11,6 +11,8 @@ seed and the step, so `--resume` from a checkpoint reproduces the uninterrupted 
 from __future__ import annotations
 
 import dataclasses
+import glob
+import hashlib
 import json
 import math
 import os
@@ -257,6 +259,7 @@ class Trainer:
                 cfg[node].pop(rest[0], None)
             else:
                 cfg.pop(node, None)
+        cfg["content"] = content_hashes(cfg.get("data", {}))   # an edited data file or tokenizer is another run
         return json.loads(json.dumps(cfg))  # as stored in trainer_state.json (tuples become lists)
 
     def _apply_freeze(self, patterns: list[str]) -> list[str]:
@@ -329,8 +332,16 @@ class Trainer:
                 "(or check run.root/run.name)"
             )
         state = ckpt_lib.verify(found.path)
-        if state.get("fingerprint") != self.fingerprint:
-            key = _first_difference(state.get("fingerprint", {}), self.fingerprint)
+        stored, current = state.get("fingerprint", {}), dict(self.fingerprint)
+        if "content" not in stored:   # a checkpoint written before content hashes: compare the settings only
+            current.pop("content", None)
+        elif stored["content"] != current["content"]:
+            key = _first_difference(stored["content"], current["content"])
+            raise ConfigError(
+                f"--resume: the content of data.{key} changed since the checkpoint (sha256 differs); resume on the "
+                "files the run was trained on, or start a new run with init_from the checkpoint")
+        if stored != current:
+            key = _first_difference(stored, current)
             raise ConfigError(
                 f"--resume: the recipe differs from the checkpointed run at {key}; resume with the same "
                 "settings (only train.steps, checkpoint.* and logging may change)"
@@ -345,12 +356,19 @@ class Trainer:
         opt_tensors = ckpt_lib.load_tensors(found.path, ckpt_lib.OPTIMIZER_FILE)
         self._load_tensors(self.optimizer.state_parameters(), opt_tensors, found.path)
         self.step = int(state["step"])
+        if self.step > self.recipe.train.steps:
+            raise ConfigError(
+                f"--resume: {found.path} is at step {self.step} but train.steps is {self.recipe.train.steps}; "
+                f"set train.steps above {self.step} to continue (or init_from it for a new run)")
         self.data_position = int(state["data_position"])
         self.guard.load_state_dict(state.get("guard", {}))
         if self.is_main:
             _truncate_metrics(os.path.join(self.run_dir, "metrics.jsonl"), self.step)
             dump_yaml(self.recipe, self.model_cfg, os.path.join(self.run_dir, "config.yaml"))
         self.log(f"resumed from {found.path} (step {self.step})")
+        if self.step == self.recipe.train.steps:
+            self.log(f"nothing to train: the run is complete at train.steps={self.step}; set train.steps above "
+                     f"{self.step} to train further")
 
     def _build_steps(self) -> None:
         """Compile-once functions: forward+backward, gradient sum, clip+update, evaluation."""
@@ -709,6 +727,29 @@ def _truncate_metrics(path: str, step: int) -> None:
     with open(tmp, "w") as f:
         f.writelines(kept)
     os.replace(tmp, path)
+
+
+CONTENT_KEYS = ("path", "paths", "val_paths", "tokenizer_model", "tokenizer_json")  # data files a recipe names
+
+
+def content_hashes(data: dict) -> dict:
+    """sha256 of every data file and tokenizer the data section names ({key or key[i]: hex}); a shard given
+    as a path prefix is its files PREFIX.* (e.g. .bin + .idx). Paths resolve like the data loader's."""
+    out = {}
+    for key in CONTENT_KEYS:
+        value = data.get(key)
+        paths = [value] if isinstance(value, str) else list(value or ())
+        for i, path in enumerate(paths):
+            if not path:
+                continue
+            files = [path] if os.path.isfile(path) else sorted(glob.glob(glob.escape(path) + ".*"))
+            digest = hashlib.sha256()
+            for name in files:
+                with open(name, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 22), b""):
+                        digest.update(block)
+            out[key if isinstance(value, str) else f"{key}[{i}]"] = digest.hexdigest()
+    return out
 
 
 def _first_difference(a, b, prefix: str = "") -> str:
