@@ -187,7 +187,7 @@ def test_expert_bias_update_every_step_in_graph_mode(tmp_path):
     assert float(fresh.loss(*inputs)[0].asnumpy()) == pytest.approx(graph_loss, rel=1e-5)
 
 
-def test_resume_refuses_edited_data_fewer_steps_and_settings_that_report_nothing(tmp_path):
+def test_resume_refuses_edited_data_fewer_steps_and_settings_that_report_nothing(tmp_path, capsys):
     data = tmp_path / "corpus.jsonl"
     data.write_text("".join(json.dumps({"text": f"line {i}: the quick brown fox {i * 7 % 13} jumps"}) + "\n"
                             for i in range(200)))
@@ -199,6 +199,11 @@ def test_resume_refuses_edited_data_fewer_steps_and_settings_that_report_nothing
                                           r"train.steps above 3"):
         make(tmp_path, "edit", 2, extra, resume=True)
     assert make(tmp_path, "edit", 4, extra, resume=True).step == 3          # the same files: resumes
+    from recipes import run as run_cli
+
+    sets = [f"--set={s}" for s in SMALL + ["train.steps=3", f"run.root={tmp_path}", "run.name=edit", *extra]]
+    assert run_cli.main([RECIPE, "--resume", *sets]) == 0
+    assert f"done: nothing trained (the run is complete at step 3); run dir {tmp_path}/edit" in capsys.readouterr().out
     data.write_text(data.read_text().replace("fox 1 ", "cat 1 "))
     with pytest.raises(ConfigError, match=r"--resume: the content of data.path changed since the checkpoint"):
         make(tmp_path, "edit", 4, extra, resume=True)
