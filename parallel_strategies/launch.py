@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 from dataclasses import dataclass
@@ -20,14 +21,29 @@ class NodeCommand:
     shell: str                # full line: cd + activate venv + msrun (+ ssh for remote hosts)
 
 
+# a host name (RFC 1123 labels), an IPv4 or IPv6 address, optionally preceded by `user@` (ssh's syntax)
+_HOST = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9_.-]*@)?(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                   r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|[0-9A-Fa-f:]+:[0-9A-Fa-f:.]*)$")
+
+
 def read_hostfile(path: str) -> list[str]:
-    """One host per line (`host` or `host slots=N`); '#' comments and blank lines ignored."""
+    """One host per line (`host` or `host slots=N`); '#' comments and blank lines ignored. Every host must
+    be a host name or address (it goes on an ssh command line)."""
     hosts = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.split("#", 1)[0].strip()
-            if line:
-                hosts.append(line.split()[0])
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"hostfile: cannot read {path} ({getattr(err, 'strerror', None) or err}); "
+                         "give a file with one host per line") from None
+    for number, line in enumerate(lines, 1):
+        line = line.split("#", 1)[0].strip()
+        if line:
+            host = line.split()[0]
+            if len(host) > 253 or not _HOST.match(host):
+                raise ValueError(f"hostfile: {path}:{number}: {host[:80]!r} is not a host name or address; "
+                                 "write one host per line (`host` or `host slots=N`)")
+            hosts.append(host)
     return hosts
 
 
@@ -80,7 +96,14 @@ def msrun_commands(st: Strategy, recipe: str, *, master_addr: Optional[str] = No
 
 
 def run(cmds: list[NodeCommand], print_fn=print) -> int:
-    """Print every command, then start them (remote ones over ssh) and wait; returns the worst exit code."""
+    """Print every command, then start them (remote ones over ssh) and wait; returns the worst exit code.
+    More than one node's msrun on this machine is refused: a multi-node strategy runs with a hostfile (one
+    ssh per node) or one --node-rank per machine."""
+    local = [c for c in cmds if c.host is None]
+    if len(local) > 1:
+        raise ValueError(f"launch: the strategy has {len(cmds)} nodes and neither --hostfile nor --node-rank was "
+                         f"given, so all {len(local)} nodes' msrun would start on this machine; pass --hostfile "
+                         "FILE (one host per node) or run --node-rank R on each node (--dry-run prints them)")
     for c in cmds:
         print_fn(c.shell)
     if not os.path.exists(os.path.join(REPO, "recipes", "run.py")):

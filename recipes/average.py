@@ -184,16 +184,18 @@ def average(out: str, method: str = "uniform", checkpoints: list[str] | None = N
     for loc, c in zip(sources, coeffs):
         key = os.path.realpath(rundir.model_file(loc))
         merged[key] = merged.get(key, 0.0) + c
-    rundir.prepare_out(out, overwrite, create=False)  # fail before the work, write after it
+    inputs = [loc.checkpoint for loc in sources] + [run, base]
+    rundir.prepare_out(out, overwrite, create=False, inputs=inputs)  # fail before the work
     tensors = combine(list(merged), list(merged.values()))
-    rundir.prepare_out(out, overwrite)
     state = {"averaged": {"method": method, **record,
                           "sources": [{"checkpoint": loc.checkpoint, "step": loc.step, "coefficient": c}
                                       for loc, c in zip(sources, coeffs)]}}
     if config_from is None:
         log("warning: no source checkpoint sits in a run directory with config.yaml; the result works as "
             "init_from but recipes.evaluate/export need a config.yaml next to checkpoints/")
-    path = rundir.write_run_checkpoint(out, step, tensors, state, config_from)
+    with rundir.staged_out(out, overwrite, inputs=inputs) as stage:  # OUT replaced only once all is written
+        staged = rundir.write_run_checkpoint(stage, step, tensors, state, config_from, final=out)
+    path = os.path.join(out, os.path.relpath(staged, stage))
     log(f"averaged {len(sources)} checkpoints ({method}) -> {path}")
     return path
 

@@ -171,6 +171,12 @@ def main(argv=None) -> int:
             from recipes.engine.config import load_recipe
 
             data = load_recipe(args.data_from, ["init_from=null"])[0].data
+        from recipes.io.rundir import check_unlocked
+
+        path = os.path.normpath(args.path)   # a run, or a step_* directory of one (run/checkpoints/step_*)
+        parent = os.path.dirname(path)
+        for run_dir in (path, os.path.dirname(parent)) if os.path.basename(parent) == "checkpoints" else (path,):
+            check_unlocked(run_dir, "eval")   # eval.json goes into the run directory, which a live run owns
         run = load_model(args.path)
         if run.recipe is None:
             raise ValueError(f"{args.path}: a serving directory has no held-out data; evaluate the run directory "

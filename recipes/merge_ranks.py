@@ -166,7 +166,7 @@ def merge(directory: str, tolerance: float = 0.0) -> tuple[dict[str, np.ndarray]
 
 def merge_ranks(directory: str, out: str, tolerance: float = 0.0, overwrite: bool = False, log=print) -> str:
     """Merge RANK_DIR into the run-like directory `out`; returns the written step_* directory."""
-    rundir.prepare_out(out, overwrite, create=False)
+    rundir.prepare_out(out, overwrite, create=False, inputs=(directory,))
     tensors, report = merge(directory, tolerance)
     step, state = 0, {}
     state_path = os.path.join(directory, "trainer_state.json")
@@ -176,9 +176,11 @@ def merge_ranks(directory: str, out: str, tolerance: float = 0.0, overwrite: boo
         step = int(state.pop("step", 0))
     run_dir = os.path.dirname(os.path.dirname(os.path.normpath(directory)))
     config_from = run_dir if os.path.isfile(os.path.join(run_dir, "config.yaml")) else None
-    rundir.prepare_out(out, overwrite)
-    path = rundir.write_run_checkpoint(out, step, tensors, {**state, "merged_ranks": {"source": directory, **report}},
-                                        config_from)
+    with rundir.staged_out(out, overwrite, inputs=(directory,)) as stage:   # OUT replaced only once all is written
+        staged = rundir.write_run_checkpoint(stage, step, tensors,
+                                             {**state, "merged_ranks": {"source": directory, **report}},
+                                             config_from, final=out)
+    path = os.path.join(out, os.path.relpath(staged, stage))
     log(f"merged {report['world_size']} ranks ({report['replicated']} replicated, {report['sharded']} sharded "
         f"tensors; max replica difference {report['max_replica_diff']:.3g}) -> {path}")
     return path

@@ -52,7 +52,11 @@ def _run(args) -> int:
     print(f"{recipe.model.arch}/{recipe.model.preset}: {n_params / 1e6:.2f}M parameters, "
           f"vocab {trainer.model_cfg.vocab_size}, {trainer.train_data.num_rows} training rows "
           f"of {recipe.data.seq_length} tokens, device {trainer.device}, run dir {trainer.run_dir}")
+    start_step = trainer.step
     result = trainer.train()
+    if result.steps_done == start_step:   # --resume of a finished run: no loss to report
+        print(f"done: nothing trained (the run is complete at step {start_step}); run dir {result.run_dir}")
+        return 0
     val = f", validation loss {result.val_loss:.3f}" if result.val_loss is not None else ""
     val += "".join(f", {k} {v:.3f}" for k, v in getattr(trainer, "val_metrics", {}).items())  # arch metrics
     print(f"done: {result.steps_done} steps in {time.perf_counter() - start:.0f} s; loss "

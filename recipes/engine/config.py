@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -375,10 +376,14 @@ def _validate_recipe(recipe: RecipeConfig, model_cfg) -> None:
         (recipe.train.grad_accum_steps >= 1, "train.grad_accum_steps", f"{recipe.train.grad_accum_steps} must be >= 1"),
         (recipe.train.log_every >= 1, "train.log_every", f"{recipe.train.log_every} must be >= 1"),
         (recipe.train.eval_every >= 0, "train.eval_every", f"{recipe.train.eval_every} must be >= 0 (0: only at the end)"),
+        (recipe.train.eval_batches >= 1, "train.eval_batches",
+         f"{recipe.train.eval_batches} must be >= 1 (validation batches per evaluation; 0 would report a loss "
+         "of 0.000)"),
         (recipe.train.max_bad_steps >= 1, "train.max_bad_steps", f"{recipe.train.max_bad_steps} must be >= 1"),
         (recipe.train.spike_threshold == 0 or recipe.train.spike_threshold > 1, "train.spike_threshold",
          f"{recipe.train.spike_threshold} must be > 1 (a ratio to the running mean loss) or 0 to disable"),
-        (recipe.optimizer.lr > 0, "optimizer.lr", f"{recipe.optimizer.lr} must be > 0"),
+        (math.isfinite(recipe.optimizer.lr) and recipe.optimizer.lr > 0, "optimizer.lr",
+         f"{recipe.optimizer.lr} must be a finite number > 0, e.g. 3e-4"),
         (0 <= recipe.optimizer.beta1 < 1, "optimizer.beta1", f"{recipe.optimizer.beta1} must be in [0, 1)"),
         (0 <= recipe.optimizer.beta2 < 1, "optimizer.beta2", f"{recipe.optimizer.beta2} must be in [0, 1)"),
         (recipe.optimizer.eps > 0, "optimizer.eps", f"{recipe.optimizer.eps} must be > 0"),

@@ -11,6 +11,8 @@ seed and the step, so `--resume` from a checkpoint reproduces the uninterrupted 
 from __future__ import annotations
 
 import dataclasses
+import glob
+import hashlib
 import json
 import math
 import os
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recipes.io import checkpoint as ckpt_lib
+from recipes.io import rundir
 from recipes.io.hf import HF_SOURCE
 from recipes.engine.config import ConfigError, RecipeConfig, dump_yaml, to_dict
 from recipes.engine.guard import StepGuard, TrainingDiverged
@@ -83,6 +86,7 @@ class Trainer:
         self.recipe = recipe
         self.log = log
         self.run_dir = run_dir_of(recipe)
+        rundir.check_not_foreign(self.run_dir)   # before any work: never write into someone else's directory
         self.ckpt_root = os.path.join(self.run_dir, "checkpoints")
         self.device = configure_mindspore(recipe)
         # Data parallel: every rank reads the same global batch of micro_batch_size * world rows and
@@ -129,6 +133,7 @@ class Trainer:
         self.data_position = 0
         self.guard = StepGuard(recipe.train.max_bad_steps, recipe.train.spike_threshold)
 
+        self.lock = self._own_run_dir(resume)
         if resume and not ckpt_lib.list_checkpoints(self.ckpt_root) and os.path.isfile(
                 os.path.join(self.run_dir, "config.yaml")):
             # Killed before its first checkpoint: starting over is the exact resume.
@@ -254,6 +259,7 @@ class Trainer:
                 cfg[node].pop(rest[0], None)
             else:
                 cfg.pop(node, None)
+        cfg["content"] = content_hashes(cfg.get("data", {}))   # an edited data file or tokenizer is another run
         return json.loads(json.dumps(cfg))  # as stored in trainer_state.json (tuples become lists)
 
     def _apply_freeze(self, patterns: list[str]) -> list[str]:
@@ -274,6 +280,17 @@ class Trainer:
         if unmatched:
             raise ConfigError(f"train.freeze: pattern {unmatched[0]!r} matches no parameter; check the parameter names")
         return frozen
+
+    def _own_run_dir(self, resume: bool):
+        """Rank 0 locks RUN/.lock for the life of this Trainer (under msrun the
+        ranks of one job share the directory, so only rank 0 takes it). A --resume of a directory that
+        was never created is left to _resume's error."""
+        if not self.is_main or (resume and not os.path.isdir(self.run_dir)):
+            return None
+        lock = rundir.lock_run(self.run_dir)
+        if lock.previous_owner:
+            self.log(f"{self.run_dir}: taking over the stale lock of {lock.previous_owner} (no longer running)")
+        return lock
 
     def _start_fresh(self, frozen: list[str]) -> None:
         existing = ckpt_lib.list_checkpoints(self.ckpt_root)
@@ -315,8 +332,16 @@ class Trainer:
                 "(or check run.root/run.name)"
             )
         state = ckpt_lib.verify(found.path)
-        if state.get("fingerprint") != self.fingerprint:
-            key = _first_difference(state.get("fingerprint", {}), self.fingerprint)
+        stored, current = state.get("fingerprint", {}), dict(self.fingerprint)
+        if "content" not in stored:   # a checkpoint written before content hashes: compare the settings only
+            current.pop("content", None)
+        elif stored["content"] != current["content"]:
+            key = _first_difference(stored["content"], current["content"])
+            raise ConfigError(
+                f"--resume: the content of data.{key} changed since the checkpoint (sha256 differs); resume on the "
+                "files the run was trained on, or start a new run with init_from the checkpoint")
+        if stored != current:
+            key = _first_difference(stored, current)
             raise ConfigError(
                 f"--resume: the recipe differs from the checkpointed run at {key}; resume with the same "
                 "settings (only train.steps, checkpoint.* and logging may change)"
@@ -331,12 +356,19 @@ class Trainer:
         opt_tensors = ckpt_lib.load_tensors(found.path, ckpt_lib.OPTIMIZER_FILE)
         self._load_tensors(self.optimizer.state_parameters(), opt_tensors, found.path)
         self.step = int(state["step"])
+        if self.step > self.recipe.train.steps:
+            raise ConfigError(
+                f"--resume: {found.path} is at step {self.step} but train.steps is {self.recipe.train.steps}; "
+                f"set train.steps above {self.step} to continue (or init_from it for a new run)")
         self.data_position = int(state["data_position"])
         self.guard.load_state_dict(state.get("guard", {}))
         if self.is_main:
             _truncate_metrics(os.path.join(self.run_dir, "metrics.jsonl"), self.step)
             dump_yaml(self.recipe, self.model_cfg, os.path.join(self.run_dir, "config.yaml"))
         self.log(f"resumed from {found.path} (step {self.step})")
+        if self.step == self.recipe.train.steps:
+            self.log(f"nothing to train: the run is complete at train.steps={self.step}; set train.steps above "
+                     f"{self.step} to train further")
 
     def _build_steps(self) -> None:
         """Compile-once functions: forward+backward, gradient sum, clip+update, evaluation."""
@@ -695,6 +727,29 @@ def _truncate_metrics(path: str, step: int) -> None:
     with open(tmp, "w") as f:
         f.writelines(kept)
     os.replace(tmp, path)
+
+
+CONTENT_KEYS = ("path", "paths", "val_paths", "tokenizer_model", "tokenizer_json")  # data files a recipe names
+
+
+def content_hashes(data: dict) -> dict:
+    """sha256 of every data file and tokenizer the data section names ({key or key[i]: hex}); a shard given
+    as a path prefix is its files PREFIX.* (e.g. .bin + .idx). Paths resolve like the data loader's."""
+    out = {}
+    for key in CONTENT_KEYS:
+        value = data.get(key)
+        paths = [value] if isinstance(value, str) else list(value or ())
+        for i, path in enumerate(paths):
+            if not path:
+                continue
+            files = [path] if os.path.isfile(path) else sorted(glob.glob(glob.escape(path) + ".*"))
+            digest = hashlib.sha256()
+            for name in files:
+                with open(name, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 22), b""):
+                        digest.update(block)
+            out[key if isinstance(value, str) else f"{key}[{i}]"] = digest.hexdigest()
+    return out
 
 
 def _first_difference(a, b, prefix: str = "") -> str:

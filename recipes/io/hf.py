@@ -189,7 +189,7 @@ def export_mindir(model_cfg, state: dict, out: str, seq_len: int = 128, patches:
 def export_state(model_cfg, state: dict[str, np.ndarray], out: str, tokenizer=None, dtype: str = "fp32",
                  shard_size: int | str = DEFAULT_SHARD_SIZE, mindir: bool = False, mindir_seq_len: int = 128,
                  overwrite: bool = False, log=print, processor=None, mindir_patches: int = 256,
-                 layout: str | None = None, source: str | None = None) -> dict:
+                 layout: str | None = None, source: str | None = None, inputs=()) -> dict:
     """Write the serving directory for `state` (our names) of a model with config `model_cfg`
     (`processor`: MindVL's ImageProcessor -> preprocessor_config.json; `layout`: a serving layout of the
     architecture by model_type, default its own). `source`: the files of the serving directory the model
@@ -203,7 +203,7 @@ def export_state(model_cfg, state: dict[str, np.ndarray], out: str, tokenizer=No
     serving = spec.layout(layout)
     config = serving.config_to_hf(model_cfg)     # refuses a model the layout cannot express, before any write
     base = _source_config(source, serving) if source else None
-    with rundir.staged_out(out, overwrite) as stage:   # a failed export leaves no half-written OUT
+    with rundir.staged_out(out, overwrite, inputs=(*inputs, source)) as stage:   # a failed export leaves no half-written OUT
         hf_state = serving.to_hf(state, model_cfg)
         index = write_sharded(hf_state, stage, dtype, shard_size)
         if base is not None:     # the source's keys (values the model determines are ours) + what loaders need
@@ -250,6 +250,7 @@ def export_run(path: str, out: str, dtype: str = "fp32", shard_size: int | str =
     config keys, special-token ids and tokenizer files (HF_SOURCE)."""
     from recipes.data import load_tokenizer
 
+    rundir.prepare_out(out, overwrite, create=False, inputs=(path,))   # before anything is read or deleted
     loc = rundir.locate(path, log)
     if loc.run_dir is None:
         raise ValueError(f"{path}: no config.yaml in the run directory of {loc.checkpoint}; export a checkpoint "
@@ -274,7 +275,7 @@ def export_run(path: str, out: str, dtype: str = "fp32", shard_size: int | str =
                   else {"tokenizer": load_tokenizer(recipe.data)})
     return export_state(model_cfg, state, out, dtype=dtype, shard_size=shard_size, mindir=mindir,
                         mindir_seq_len=mindir_seq_len, overwrite=overwrite, log=log, mindir_patches=mindir_patches,
-                        layout=layout, source=source, **assets)
+                        layout=layout, source=source, inputs=(path, loc.checkpoint), **assets)
 
 
 # ----------------------------------------------------------------------------------------------- import
@@ -366,32 +367,38 @@ def import_to_run(hf_dir: str, out: str, overwrite: bool = False, log=print) -> 
 
     from recipes.engine.config import resolve
 
-    rundir.prepare_out(out, overwrite, create=False)
+    rundir.prepare_out(out, overwrite, create=False, inputs=(hf_dir,))
     cfg, state = import_hf(hf_dir)
     spec = models.spec_of(cfg)
-    rundir.prepare_out(out, overwrite)
-    raw = {"description": f"imported from {os.path.abspath(hf_dir)}",
-           "model": {"arch": spec.name, "preset": "tiny", **_plain(dataclasses.asdict(cfg))},
-           "run": {"root": os.path.dirname(os.path.abspath(out)), "name": os.path.basename(os.path.normpath(out))}}
-    # the text data tokenizer: the checkpoint's sentencepiece model, else its tokenizer.json (Qwen2's byte-level
-    # BPE, read by recipes.data.tokenizer.JsonTokenizer); an arch with asset hooks reads its own (MindVL)
-    names = ("tokenizer.model",) if spec.serving.read_assets is not None else ("tokenizer.model", "tokenizer.json")
-    tokenizer = next((n for n in names if os.path.isfile(os.path.join(hf_dir, n))), None)
-    if tokenizer is not None:
-        shutil.copyfile(os.path.join(hf_dir, tokenizer), os.path.join(out, tokenizer))
-        raw["data"] = {"tokenizer_model": os.path.abspath(os.path.join(out, tokenizer))}
-    if spec.serving.read_assets is not None:
-        data = spec.serving.read_assets(hf_dir, out, cfg)
-        if data:
-            raw["data"] = {**raw.get("data", {}), **data}
-    resolve(dict(raw))  # the written config must load back
-    with open(os.path.join(out, "config.yaml"), "w") as f:
-        yaml.safe_dump(raw, f, sort_keys=False)
-    os.makedirs(os.path.join(out, HF_SOURCE))
-    for name in SOURCE_FILES:     # the source's own files, for an export that writes them back
-        if os.path.isfile(os.path.join(hf_dir, name)):
-            shutil.copyfile(os.path.join(hf_dir, name), os.path.join(out, HF_SOURCE, name))
-    path = rundir.write_run_checkpoint(out, 0, state, {"imported_from": os.path.abspath(hf_dir)}, None)
+    # written into a staging directory that replaces OUT only once complete (a failed import keeps OUT)
+    with rundir.staged_out(out, overwrite, inputs=(hf_dir,)) as stage:
+        raw = {"description": f"imported from {os.path.abspath(hf_dir)}",
+               "model": {"arch": spec.name, "preset": "tiny", **_plain(dataclasses.asdict(cfg))},
+               "run": {"root": os.path.dirname(os.path.abspath(out)), "name": os.path.basename(os.path.normpath(out))}}
+        # the text data tokenizer: the checkpoint's sentencepiece model, else its tokenizer.json (Qwen2's
+        # byte-level BPE, read by recipes.data.tokenizer.JsonTokenizer); an arch with asset hooks reads its own
+        names = ("tokenizer.model",) if spec.serving.read_assets is not None else ("tokenizer.model", "tokenizer.json")
+        tokenizer = next((n for n in names if os.path.isfile(os.path.join(hf_dir, n))), None)
+        if tokenizer is not None:
+            shutil.copyfile(os.path.join(hf_dir, tokenizer), os.path.join(stage, tokenizer))
+            raw["data"] = {"tokenizer_model": os.path.abspath(os.path.join(stage, tokenizer))}
+        if spec.serving.read_assets is not None:
+            data = spec.serving.read_assets(hf_dir, stage, cfg)
+            if data:
+                raw["data"] = {**raw.get("data", {}), **data}
+        resolve(dict(raw))  # the written config must load back
+        staged, final = os.path.abspath(stage) + os.sep, os.path.abspath(out) + os.sep
+        if "data" in raw:   # paths into the staging directory name OUT (where they are after the swap)
+            raw["data"] = {k: final + v[len(staged):] if isinstance(v, str) and v.startswith(staged) else v
+                           for k, v in raw["data"].items()}
+        with open(os.path.join(stage, "config.yaml"), "w") as f:
+            yaml.safe_dump(raw, f, sort_keys=False)
+        os.makedirs(os.path.join(stage, HF_SOURCE))
+        for name in SOURCE_FILES:     # the source's own files, for an export that writes them back
+            if os.path.isfile(os.path.join(hf_dir, name)):
+                shutil.copyfile(os.path.join(hf_dir, name), os.path.join(stage, HF_SOURCE, name))
+        step = rundir.write_run_checkpoint(stage, 0, state, {"imported_from": os.path.abspath(hf_dir)}, None)
+    path = os.path.join(out, os.path.relpath(step, stage))
     log(f"imported {spec.name} ({len(state)} tensors) from {hf_dir} -> {path}")
     return path
 

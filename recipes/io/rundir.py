@@ -14,8 +14,12 @@ so `init_from: OUT`, `python -m recipes.evaluate OUT` and `python -m recipes.exp
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
 import shutil
+import socket
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,9 +88,111 @@ def load_run_config(run_dir: str):
     return resolve(raw, default_run_name=os.path.basename(run_dir))
 
 
-def prepare_out(out: str, overwrite: bool, create: bool = True) -> None:
-    """Create an empty OUT; refuse one that already holds files unless overwrite (then empty it).
-    create=False only checks."""
+# ------------------------------------------------------------------------------------- ownership
+LOCK_FILE = ".lock"     # RUN/.lock: flock'ed by the process that owns the run; holds {"pid", "host"}
+RUN_MARKERS = ("config.yaml", "checkpoints", LOCK_FILE)  # a directory holding one of these is a run of ours
+_HELD: dict[str, list] = {}  # realpath of a run directory -> [fd, holders] (a process may re-enter its own lock)
+
+
+def _owner_text(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        owner = json.loads(os.read(fd, 4096).decode() or "{}")
+        return f"pid {owner['pid']} on {owner['host']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+class RunLock:
+    """This process's hold on RUN/.lock; released when closed, garbage-collected or at process exit
+    (the OS drops an flock with its process, so a lock left by a killed process is free: stale)."""
+
+    def __init__(self, run_dir: str, fd: int, key: str):
+        self.run_dir, self.previous_owner = run_dir, None
+        self._finalizer = weakref.finalize(self, _release, key)
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _release(key: str) -> None:
+    held = _HELD.get(key)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] == 0:
+        del _HELD[key]
+        os.close(held[0])   # closing the descriptor releases the flock
+
+
+def lock_run(run_dir: str, what: str = "run.name") -> RunLock:
+    """Create RUN (if needed) and own it: flock RUN/.lock and write this process's pid and host into it.
+    Another live process holding it -> ValueError naming it; a lock file left by a dead process is taken over
+    (RunLock.previous_owner says whose it was)."""
+    os.makedirs(run_dir, exist_ok=True)
+    key = os.path.realpath(run_dir)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        return RunLock(run_dir, _HELD[key][0], key)
+    fd = os.open(os.path.join(run_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = _owner_text(fd)
+        os.close(fd)
+        raise ValueError(f"{what}: {run_dir} is in use by {owner} (lock {os.path.join(run_dir, LOCK_FILE)}); "
+                         "wait for it to finish or choose another run.name") from None
+    previous = _owner_text(fd)
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+    os.fsync(fd)
+    _HELD[key] = [fd, 1]
+    lock = RunLock(run_dir, fd, key)
+    lock.previous_owner = None if previous == "another process" else previous
+    return lock
+
+
+def check_unlocked(path: str, what: str = "--out") -> None:
+    """ValueError naming the owner when another live process holds PATH/.lock (a run in progress)."""
+    lock_path = os.path.join(path, LOCK_FILE)
+    if not os.path.isfile(lock_path) or os.path.realpath(path) in _HELD:
+        return
+    fd = os.open(lock_path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ValueError(f"{what}: {path} is in use by {_owner_text(fd)} (lock {lock_path}); wait for it to "
+                         "finish or choose another directory") from None
+    finally:
+        os.close(fd)
+
+
+def check_not_foreign(run_dir: str) -> None:
+    """Refuse an existing non-empty directory that is not a run of ours (no config.yaml, checkpoints/, .lock)."""
+    if os.path.isdir(run_dir) and os.listdir(run_dir) and not any(
+            os.path.exists(os.path.join(run_dir, m)) for m in RUN_MARKERS):
+        raise ValueError(f"run.name: {run_dir} exists, is not empty and is not a run directory (no config.yaml or "
+                         "checkpoints/); choose another run.name or point run.root/run.name at an empty directory")
+
+
+def check_disjoint(out: str, inputs) -> None:
+    """Refuse an output that is, contains or lies inside one of the inputs (a write would destroy them)."""
+    o = os.path.realpath(out)
+    for inp in inputs:
+        if inp is None:
+            continue
+        i = os.path.realpath(inp)
+        if o == i or o.startswith(i + os.sep) or i.startswith(o + os.sep):
+            relation = "is" if o == i else ("is inside" if o.startswith(i + os.sep) else "contains")
+            raise ValueError(f"--out: {out} {relation} the input {inp}; write to a directory outside the inputs")
+
+
+def prepare_out(out: str, overwrite: bool, create: bool = True, inputs=()) -> None:
+    """Create an empty OUT; refuse one that already holds files unless overwrite (then empty it), one that
+    is / contains / lies inside an input, and one a live run holds. create=False only checks."""
+    check_disjoint(out, inputs)
+    check_unlocked(out)
     if os.path.isdir(out) and os.listdir(out):
         if not overwrite:
             raise ValueError(f"--out: {out} is not empty; choose a new directory or pass --overwrite")
@@ -97,11 +203,11 @@ def prepare_out(out: str, overwrite: bool, create: bool = True) -> None:
 
 
 @contextlib.contextmanager
-def staged_out(out: str, overwrite: bool):
+def staged_out(out: str, overwrite: bool, inputs=()):
     """Write a directory all at once: yields a staging directory next to OUT that replaces OUT when
     the block succeeds (OUT emptied only then, and only with overwrite) and is removed when it
     fails, so a failed write never leaves OUT half-written or destroys a previous OUT."""
-    prepare_out(out, overwrite, create=False)
+    prepare_out(out, overwrite, create=False, inputs=inputs)
     stage = f"{os.path.normpath(out)}.partial-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     os.makedirs(stage)
@@ -110,20 +216,23 @@ def staged_out(out: str, overwrite: bool):
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+    prepare_out(out, overwrite, create=False, inputs=inputs)   # still true after the work (a run may have started)
     if os.path.isdir(out):
         shutil.rmtree(out)
     os.replace(stage, out)
 
 
 def write_run_checkpoint(out: str, step: int, tensors: dict[str, np.ndarray], state: dict,
-                         config_from: str | None) -> str:
-    """Write OUT/checkpoints/step_*/ (+ OUT/config.yaml copied from run `config_from`); return the step dir."""
+                         config_from: str | None, final: str | None = None) -> str:
+    """Write OUT/checkpoints/step_*/ (+ OUT/config.yaml copied from run `config_from`); return the step dir.
+    `final`: the directory OUT becomes (OUT is its staging directory), named in config.yaml's run."""
     os.makedirs(out, exist_ok=True)
+    final = final or out
     if config_from is not None:
         with open(os.path.join(config_from, "config.yaml")) as f:
             raw = yaml.safe_load(f) or {}
-        raw.setdefault("run", {})["name"] = os.path.basename(os.path.normpath(out))
-        raw["run"]["root"] = os.path.dirname(os.path.abspath(out))
+        raw.setdefault("run", {})["name"] = os.path.basename(os.path.normpath(final))
+        raw["run"]["root"] = os.path.dirname(os.path.abspath(final))
         with open(os.path.join(out, "config.yaml"), "w") as f:
             yaml.safe_dump(raw, f, sort_keys=False)
     state = {"step": step, "data_position": 0, **state}

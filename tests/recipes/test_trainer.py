@@ -38,7 +38,7 @@ class Interrupted(Exception):
 def test_run_directory_and_learning(tmp_path):
     result = make(tmp_path, "full", 12, ["checkpoint.every=5", "checkpoint.keep_last=2"]).train()
     run = result.run_dir
-    assert sorted(os.listdir(run)) == ["checkpoints", "config.yaml", "loss.png", "metrics.jsonl"]
+    assert sorted(os.listdir(run)) == [".lock", "checkpoints", "config.yaml", "loss.png", "metrics.jsonl"]
     assert [c.step for c in ck.list_checkpoints(os.path.join(run, "checkpoints"))] == [10, 12]
     records = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
     assert [r["step"] for r in records] == list(range(1, 13))
@@ -185,3 +185,30 @@ def test_expert_bias_update_every_step_in_graph_mode(tmp_path):
     ck.load_into(fresh, states[-1], "last checkpoint")
     fresh.set_train(False)
     assert float(fresh.loss(*inputs)[0].asnumpy()) == pytest.approx(graph_loss, rel=1e-5)
+
+
+def test_resume_refuses_edited_data_fewer_steps_and_settings_that_report_nothing(tmp_path, capsys):
+    data = tmp_path / "corpus.jsonl"
+    data.write_text("".join(json.dumps({"text": f"line {i}: the quick brown fox {i * 7 % 13} jumps"}) + "\n"
+                            for i in range(200)))
+    extra = ["data.source=jsonl", f"data.path={data}", "data.num_val_documents=8"]
+    first = make(tmp_path, "edit", 3, extra)
+    assert set(first.fingerprint["content"]) == {"path"}
+    first.train()
+    with pytest.raises(ConfigError, match=r"--resume: .*step_00000003 is at step 3 but train.steps is 2; set "
+                                          r"train.steps above 3"):
+        make(tmp_path, "edit", 2, extra, resume=True)
+    assert make(tmp_path, "edit", 4, extra, resume=True).step == 3          # the same files: resumes
+    from recipes import run as run_cli
+
+    sets = [f"--set={s}" for s in SMALL + ["train.steps=3", f"run.root={tmp_path}", "run.name=edit", *extra]]
+    assert run_cli.main([RECIPE, "--resume", *sets]) == 0
+    assert f"done: nothing trained (the run is complete at step 3); run dir {tmp_path}/edit" in capsys.readouterr().out
+    data.write_text(data.read_text().replace("fox 1 ", "cat 1 "))
+    with pytest.raises(ConfigError, match=r"--resume: the content of data.path changed since the checkpoint"):
+        make(tmp_path, "edit", 4, extra, resume=True)
+    with pytest.raises(ConfigError, match=r"train.eval_batches: 0 must be >= 1"):
+        load_recipe(RECIPE, ["train.eval_batches=0"])
+    for lr in ("inf", "nan"):
+        with pytest.raises(ConfigError, match=rf"optimizer.lr: {lr} must be a finite number > 0"):
+            load_recipe(RECIPE, [f"optimizer.lr={lr}"])

@@ -60,7 +60,10 @@ RUN = [
     ("freeze-no-match", ["--set", "train.freeze=[no_such_param]"],
      "train.freeze: pattern 'no_such_param' matches no parameter; check the parameter names"),
     ("freeze-everything", ["--set", "train.freeze=['.']"], "train.freeze: every parameter is frozen; loosen the patterns"),
-    ("lr-zero", ["--set", "optimizer.lr=0"], "optimizer.lr: 0.0 must be > 0"),
+    ("lr-zero", ["--set", "optimizer.lr=0"], "optimizer.lr: 0.0 must be a finite number > 0, e.g. 3e-4"),
+    ("lr-inf", ["--set", "optimizer.lr=inf"], "optimizer.lr: inf must be a finite number > 0, e.g. 3e-4"),
+    ("eval-batches-zero", ["--set", "train.eval_batches=0"], "train.eval_batches: 0 must be >= 1 (validation "
+     "batches per evaluation; 0 would report a loss of 0.000)"),
     ("beta1-one", ["--set", "optimizer.beta1=1.0"], "optimizer.beta1: 1.0 must be in [0, 1)"),
     ("beta2-above-one", ["--set", "optimizer.beta2=1.5"], "optimizer.beta2: 1.5 must be in [0, 1)"),
     ("eps-zero", ["--set", "optimizer.eps=0"], "optimizer.eps: 0.0 must be > 0"),

@@ -1,6 +1,7 @@
 """Security guarantees: no pickle anywhere, YAML only through safe_load, no eval/exec, checkpoints are
 safetensors + JSON only, and the files a run writes stay inside its run directory."""
 
+import json
 import os
 import re
 
@@ -80,4 +81,8 @@ def test_run_files_stay_in_run_dir(tmp_path):
         for name in files:
             real = os.path.realpath(os.path.join(root, name))
             assert real.startswith(os.path.realpath(run) + os.sep)
+            if name == ".lock":   # the run's owner (recipes.io.rundir.lock_run): JSON pid + host
+                with open(os.path.join(root, name)) as f:
+                    assert sorted(json.load(f)) == ["host", "pid"]
+                continue
             assert name.endswith((".safetensors", ".json", ".jsonl", ".yaml", ".png")), name
